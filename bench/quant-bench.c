@@ -1,0 +1,164 @@
+/*
+ * quant-bench: single-threaded speed of the CPU matmul kernels, per kernel
+ * set.  For each weight type and shape it prints the weight-streaming rate
+ * of the GEMV (nc = 1) with the weights in cache ("hot", one matrix) and
+ * streamed from memory ("cold", a ring of copies larger than the L3), and
+ * the GFLOP/s of nc = 128.  Times include quantizing the activation rows,
+ * as a forward pass pays for it.  Not run by make check.
+ *
+ * usage: quant-bench [isa ...]   (default: every kernel set this CPU has)
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "orcd/dtype.h"
+#include "cpu/quant.h"
+
+#define COLD_BYTES ((size_t)256 << 20)
+
+static double
+now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static uint64_t rng = 88172645463325252ull;
+
+static float
+rand_float(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return (float)((double)(rng >> 11) / 9007199254740992.0 - 0.5);
+}
+
+struct bench_case {
+	enum orcd_dtype t;
+	int nr;
+	int64_t n;
+};
+
+/*
+ * Seconds per call of quantize(activations) + matmul: the best of several
+ * trials of >= 0.1 s each, since other work on the machine only adds time.
+ */
+static double
+time_matmul(enum orcd_dtype t, int64_t n, uint8_t *const *w, int copies,
+    size_t ws, int nr, const float *x, uint8_t *a, size_t as, int nc, float *out)
+{
+	const enum orcd_dtype at = quant_vec_dot_type(t);
+	double best = 1e30;
+
+	for (int i = 0; i < copies; i++)
+		quant_matmul(t, n, w[i], ws, nr, a, as, nc, out, (size_t)nr);
+	for (int trial = 0; trial < 7; trial++) {
+		const double t0 = now();
+		double el;
+		int iters = 0;
+
+		do {
+			for (int i = 0; i < copies; i++) {
+				for (int c = 0; c < nc; c++)
+					quant_quantize_row(at, x + (size_t)c * n,
+					    a + c * as, n);
+				quant_matmul(t, n, w[i], ws, nr, a, as, nc, out,
+				    (size_t)nr);
+			}
+			iters += copies;
+			el = now() - t0;
+		} while (el < 0.1);
+		if (el / iters < best)
+			best = el / iters;
+	}
+	return best;
+}
+
+static void
+bench_one(const struct bench_case *bc)
+{
+	const enum orcd_dtype t = bc->t, at = quant_vec_dot_type(t);
+	const int64_t n = bc->n;
+	const int nr = bc->nr, ncol = 128;
+	uint64_t ws, as;
+	float *x, *out;
+	uint8_t *a, *w[512];
+	int copies;
+
+	if (!dtype_row_bytes(t, (uint64_t)n, &ws) ||
+	    !dtype_row_bytes(at, (uint64_t)n, &as))
+		return;
+	const size_t mat = (size_t)ws * nr;
+	copies = (int)(COLD_BYTES / mat) + 1;
+	if (copies > 512)
+		copies = 512;
+	x = malloc(sizeof(float) * (size_t)n * (nr > ncol ? nr : ncol));
+	a = malloc((size_t)as * ncol);
+	out = malloc(sizeof(float) * (size_t)nr * ncol);
+	for (size_t i = 0; i < (size_t)n * (nr > ncol ? nr : ncol); i++)
+		x[i] = rand_float();
+	w[0] = malloc(mat);
+	for (int r = 0; r < nr; r++)
+		quant_quantize_row(t, x + (size_t)r * n, w[0] + (size_t)r * ws, n);
+	for (int i = 1; i < copies; i++) {
+		w[i] = malloc(mat);
+		memcpy(w[i], w[0], mat);
+	}
+	for (int i = 0; i < (nr > ncol ? nr : ncol) * n; i++)
+		x[i] = rand_float() * 4.0f;
+
+	const double hot = time_matmul(t, n, w, 1, ws, nr, x, a, as, 1, out);
+	const double cold = time_matmul(t, n, w, copies, ws, nr, x, a, as, 1, out);
+	const double gemm = time_matmul(t, n, w, 1, ws, nr, x, a, as, ncol, out);
+
+	printf("%-10s %-5s %5dx%-5lld  gemv hot %7.1f us %6.1f GB/s"
+	    "  cold %7.1f us %6.1f GB/s  nc=%d %8.0f us %6.1f GFLOP/s\n",
+	    quant_isa(), dtype_name(t), nr, (long long)n, hot * 1e6,
+	    (double)mat / hot / 1e9, cold * 1e6, (double)mat / cold / 1e9, ncol,
+	    gemm * 1e6, 2.0 * nr * (double)n * ncol / gemm / 1e9);
+	fflush(stdout);
+	for (int i = 0; i < copies; i++)
+		free(w[i]);
+	free(x);
+	free(a);
+	free(out);
+}
+
+int
+main(int argc, char **argv)
+{
+	static const char *const all[] = { "scalar", "avx2", "avx512", "avx512vnni" };
+	/* Qwen2.5-0.5B shapes: ffn_down (896 x 4864) and ffn_up (4864 x 896);
+	 * K-quant rows must be whole super-blocks, so they use 4864 x 1024. */
+	static const struct bench_case cases[] = {
+		{ ORCD_DTYPE_Q4_K, 896, 4864 }, { ORCD_DTYPE_Q4_K, 4864, 1024 },
+		{ ORCD_DTYPE_Q5_0, 896, 4864 }, { ORCD_DTYPE_Q5_0, 4864, 896 },
+		{ ORCD_DTYPE_Q8_0, 896, 4864 }, { ORCD_DTYPE_Q8_0, 4864, 896 },
+		{ ORCD_DTYPE_Q6_K, 896, 4864 }, { ORCD_DTYPE_Q6_K, 4864, 1024 },
+		{ ORCD_DTYPE_F16, 896, 4864 }, { ORCD_DTYPE_F16, 4864, 896 },
+		{ ORCD_DTYPE_Q4_0, 896, 4864 }, { ORCD_DTYPE_Q4_1, 896, 4864 },
+		{ ORCD_DTYPE_Q5_1, 896, 4864 }, { ORCD_DTYPE_Q5_K, 896, 4864 },
+		{ ORCD_DTYPE_BF16, 896, 4864 }, { ORCD_DTYPE_F32, 896, 4864 },
+	};
+	const char *const *names = argc > 1 ? (const char *const *)argv + 1 : all;
+	const int n_names = argc > 1 ? argc - 1 : 4;
+	const char *types = getenv("QUANT_BENCH_TYPES");
+
+	for (int k = 0; k < n_names; k++) {
+		if (quant_set_isa(names[k]) != 0) {
+			printf("%-10s not available on this CPU\n", names[k]);
+			continue;
+		}
+		for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+			if (types != NULL && strstr(types, dtype_name(cases[i].t)) == NULL)
+				continue;
+			bench_one(&cases[i]);
+		}
+	}
+	return 0;
+}

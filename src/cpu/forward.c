@@ -1,0 +1,628 @@
+/*
+ * CPU forward pass (see forward.h).  One call runs every layer over the whole
+ * batch: matrix products are row-chunked over the pool (several matrices that
+ * share an input run as one pool job, so a layer costs five pool barriers),
+ * attention is split by (token, head).  The rounding points follow llama.cpp
+ * so greedy tokens agree with it: K and V are stored as f16, q and the
+ * softmax weights are rounded to f16 before their dot products, RMSNorm sums
+ * in double, RoPE angles are built by repeated float multiplication.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "orcd/dtype.h"
+#include "cpu/forward.h"
+#include "cpu/pool.h"
+#include "cpu/quant.h"
+#include "model.h"
+
+#define ACT_SLOTS 6       /* distinct activation types per input */
+#define MM_MAX_JOBS 3
+
+struct act_slot {
+	int type;                 /* -1: empty */
+	uint8_t *buf;
+	size_t cap;
+	size_t stride;
+};
+
+struct cpu_engine {
+	const struct model *m;
+	struct pool *pool;
+	int n_threads;
+	int cap_tokens;           /* scratch sized for this many tokens */
+	int cap_ctx;              /* per-worker attention scratch positions */
+
+	float *x;                 /* [cap][n_embd] residual stream */
+	float *xn;                /* [cap][n_embd] normed input */
+	float *q, *k, *v;         /* [cap][q_dim], [cap][kv_dim] x2 */
+	float *att;               /* [cap][q_dim] attention output */
+	float *proj;              /* [cap][n_embd] projection output */
+	float *gate, *up;         /* [cap][n_ff] */
+	float *out_rows;          /* [cap][n_embd] rows that need logits */
+
+	/* activations converted to each weight's dot-product type */
+	const float *act_src;
+	int act_n, act_rows;
+	struct act_slot act[ACT_SLOTS];
+
+	/* per worker attention scratch */
+	float *w_scores;          /* [n_threads][cap_ctx] */
+	uint16_t *w_p16;          /* [n_threads][cap_ctx] */
+	uint16_t *w_q16;          /* [n_threads][head_dim] */
+
+	float *rope_cos, *rope_sin; /* [cap][n_rot/2] */
+};
+
+/* ------------------------------------------------------------ KV cache */
+
+uint64_t
+cpu_kv_bytes(const struct model *m, int n_ctx)
+{
+	const struct model_hparams *hp = &m->hp;
+
+	return 2ull * (uint64_t)hp->n_layer * (uint64_t)n_ctx *
+	    (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim * sizeof(uint16_t);
+}
+
+int
+cpu_kv_init(const struct cpu_engine *e, int n_ctx, struct cpu_kv *kv,
+    struct orcd_err *err)
+{
+	const struct model_hparams *hp = &e->m->hp;
+	size_t per = (size_t)hp->n_layer * (size_t)n_ctx *
+	    (size_t)hp->n_head_kv * (size_t)hp->head_dim;
+
+	memset(kv, 0, sizeof(*kv));
+	if (n_ctx <= 0)
+		return orcd_errf(err, "kv: context size %d must be positive", n_ctx);
+	kv->n_ctx = n_ctx;
+	kv->kv_dim = hp->n_head_kv * hp->head_dim;
+	kv->n_layer = hp->n_layer;
+	/* calloc: unwritten V positions must be finite (they meet zero weights). */
+	kv->k = calloc(per, sizeof(uint16_t));
+	kv->v = calloc(per, sizeof(uint16_t));
+	if (kv->k == NULL || kv->v == NULL) {
+		cpu_kv_release(kv);
+		return orcd_errf(err, "kv: out of memory for %d positions (%.1f MB)",
+		    n_ctx, (double)cpu_kv_bytes(e->m, n_ctx) / 1e6);
+	}
+	return 0;
+}
+
+void
+cpu_kv_release(struct cpu_kv *kv)
+{
+	free(kv->k);
+	free(kv->v);
+	memset(kv, 0, sizeof(*kv));
+}
+
+/* ------------------------------------------------------------ engine */
+
+static void
+engine_free_scratch(struct cpu_engine *e)
+{
+	free(e->x); free(e->xn); free(e->q); free(e->k); free(e->v);
+	free(e->att); free(e->proj); free(e->gate); free(e->up);
+	free(e->out_rows); free(e->rope_cos); free(e->rope_sin);
+	e->x = e->xn = e->q = e->k = e->v = e->att = e->proj = NULL;
+	e->gate = e->up = e->out_rows = e->rope_cos = e->rope_sin = NULL;
+	e->cap_tokens = 0;
+}
+
+static int
+engine_reserve_tokens(struct cpu_engine *e, int n, struct orcd_err *err)
+{
+	const struct model_hparams *hp = &e->m->hp;
+	size_t q_dim = (size_t)hp->n_head * hp->head_dim;
+	size_t kv_dim = (size_t)hp->n_head_kv * hp->head_dim;
+	size_t nn;
+
+	if (n <= e->cap_tokens)
+		return 0;
+	engine_free_scratch(e);
+	nn = (size_t)n;
+	e->x = malloc(nn * hp->n_embd * sizeof(float));
+	e->xn = malloc(nn * hp->n_embd * sizeof(float));
+	e->q = malloc(nn * q_dim * sizeof(float));
+	e->k = malloc(nn * kv_dim * sizeof(float));
+	e->v = malloc(nn * kv_dim * sizeof(float));
+	e->att = malloc(nn * q_dim * sizeof(float));
+	e->proj = malloc(nn * hp->n_embd * sizeof(float));
+	e->gate = malloc(nn * hp->n_ff * sizeof(float));
+	e->up = malloc(nn * hp->n_ff * sizeof(float));
+	e->out_rows = malloc(nn * hp->n_embd * sizeof(float));
+	e->rope_cos = malloc(nn * (hp->n_rot / 2 + 1) * sizeof(float));
+	e->rope_sin = malloc(nn * (hp->n_rot / 2 + 1) * sizeof(float));
+	if (!e->x || !e->xn || !e->q || !e->k || !e->v || !e->att || !e->proj ||
+	    !e->gate || !e->up || !e->out_rows || !e->rope_cos || !e->rope_sin) {
+		engine_free_scratch(e);
+		return orcd_errf(err, "cpu: out of memory for a batch of %d tokens", n);
+	}
+	e->cap_tokens = n;
+	return 0;
+}
+
+static int
+engine_reserve_ctx(struct cpu_engine *e, int n_ctx, struct orcd_err *err)
+{
+	size_t nt = (size_t)e->n_threads;
+
+	if (n_ctx <= e->cap_ctx)
+		return 0;
+	free(e->w_scores);
+	free(e->w_p16);
+	e->w_scores = malloc(nt * (size_t)n_ctx * sizeof(float));
+	e->w_p16 = malloc(nt * (size_t)n_ctx * sizeof(uint16_t));
+	if (e->w_scores == NULL || e->w_p16 == NULL) {
+		free(e->w_scores);
+		free(e->w_p16);
+		e->w_scores = NULL;
+		e->w_p16 = NULL;
+		e->cap_ctx = 0;
+		return orcd_errf(err, "cpu: out of memory for attention scratch");
+	}
+	e->cap_ctx = n_ctx;
+	return 0;
+}
+
+int
+cpu_engine_new(const struct model *m, int n_threads, struct cpu_engine **out,
+    struct orcd_err *err)
+{
+	struct cpu_engine *e;
+
+	*out = NULL;
+	quant_init();
+	e = calloc(1, sizeof(*e));
+	if (e == NULL)
+		return orcd_errf(err, "cpu: out of memory");
+	e->m = m;
+	e->pool = pool_new(n_threads);
+	if (e->pool == NULL) {
+		free(e);
+		return orcd_errf(err, "cpu: cannot start the thread pool");
+	}
+	e->n_threads = pool_size(e->pool);
+	for (int i = 0; i < ACT_SLOTS; i++)
+		e->act[i].type = -1;
+	e->w_q16 = malloc((size_t)e->n_threads * (size_t)m->hp.head_dim * sizeof(uint16_t));
+	if (e->w_q16 == NULL || engine_reserve_tokens(e, 1, err) != 0 ||
+	    engine_reserve_ctx(e, 256, err) != 0) {
+		cpu_engine_free(e);
+		return orcd_errf(err, "cpu: out of memory");
+	}
+	*out = e;
+	return 0;
+}
+
+void
+cpu_engine_free(struct cpu_engine *e)
+{
+	if (e == NULL)
+		return;
+	pool_free(e->pool);
+	engine_free_scratch(e);
+	for (int i = 0; i < ACT_SLOTS; i++)
+		free(e->act[i].buf);
+	free(e->w_scores);
+	free(e->w_p16);
+	free(e->w_q16);
+	free(e);
+}
+
+int
+cpu_engine_threads(const struct cpu_engine *e)
+{
+	return e->n_threads;
+}
+
+/* ------------------------------------------------------------ activations */
+
+struct act_job {
+	struct cpu_engine *e;
+	struct act_slot *slot;
+	const float *src;
+	int n;
+};
+
+static void
+act_task(void *arg, int row, int worker)
+{
+	struct act_job *j = arg;
+
+	quant_quantize_row(j->slot->type, j->src + (size_t)row * j->n,
+	    j->slot->buf + (size_t)row * j->slot->stride, j->n);
+}
+
+/* Sets the input rows (rows x n floats) the next matrix products read. */
+static void
+act_set_input(struct cpu_engine *e, const float *src, int rows, int n)
+{
+	e->act_src = src;
+	e->act_rows = rows;
+	e->act_n = n;
+	for (int i = 0; i < ACT_SLOTS; i++)
+		e->act[i].type = -1;
+}
+
+/* Returns the input converted to type vt (computed once per input). */
+static const uint8_t *
+act_get(struct cpu_engine *e, int vt, size_t *stride)
+{
+	struct act_slot *s = NULL;
+	uint64_t row;
+
+	if (vt == ORCD_DTYPE_F32) {
+		*stride = (size_t)e->act_n * sizeof(float);
+		return (const uint8_t *)e->act_src;
+	}
+	for (int i = 0; i < ACT_SLOTS; i++) {
+		if (e->act[i].type == vt) {
+			*stride = e->act[i].stride;
+			return e->act[i].buf;
+		}
+		if (s == NULL && e->act[i].type == -1)
+			s = &e->act[i];
+	}
+	if (!dtype_row_bytes(vt, (uint64_t)e->act_n, &row))
+		abort(); /* model validation guarantees whole blocks */
+	if (s->cap < row * (size_t)e->act_rows) {
+		free(s->buf);
+		s->cap = row * (size_t)e->act_rows;
+		s->buf = malloc(s->cap);
+		if (s->buf == NULL)
+			abort();
+	}
+	s->type = vt;
+	s->stride = row;
+	struct act_job j = { .e = e, .slot = s, .src = e->act_src, .n = e->act_n };
+	if (e->act_rows >= 4)
+		pool_run(e->pool, act_task, &j, e->act_rows);
+	else
+		for (int r = 0; r < e->act_rows; r++)
+			act_task(&j, r, 0);
+	*stride = s->stride;
+	return s->buf;
+}
+
+/* ------------------------------------------------------------ matmul */
+
+struct mm_job {
+	const struct model_weight *w;
+	const uint8_t *act;
+	size_t act_stride;
+	float *out;               /* [n_cols][ldo] */
+	size_t ldo;
+	int rows_per_task;
+	int row_tasks;
+	int first_task;
+};
+
+struct mm_run {
+	struct mm_job jobs[MM_MAX_JOBS];
+	int n_jobs;
+	int n_cols;
+	int col_chunk;
+	int col_tasks;
+	int n_tasks;
+};
+
+static void
+mm_task(void *arg, int task, int worker)
+{
+	struct mm_run *r = arg;
+	int ct = task % r->col_tasks;
+	int rt = task / r->col_tasks;
+	struct mm_job *j = &r->jobs[0];
+
+	for (int i = 1; i < r->n_jobs; i++)
+		if (rt >= r->jobs[i].first_task)
+			j = &r->jobs[i];
+	rt -= j->first_task;
+	int r0 = rt * j->rows_per_task;
+	int nr = j->rows_per_task;
+	if (r0 + nr > j->w->ne1)
+		nr = (int)j->w->ne1 - r0;
+	int c0 = ct * r->col_chunk;
+	int nc = r->col_chunk;
+	if (c0 + nc > r->n_cols)
+		nc = r->n_cols - c0;
+	quant_matmul(j->w->type, j->w->ne0,
+	    (const uint8_t *)j->w->data + (size_t)r0 * j->w->row_bytes, j->w->row_bytes, nr,
+	    j->act + (size_t)c0 * j->act_stride, j->act_stride, nc,
+	    j->out + (size_t)c0 * j->ldo + r0, j->ldo);
+}
+
+/*
+ * out_i = W_i * input for up to three weights sharing the current input
+ * (act_set_input).  outs[i] has n_cols rows of W_i->ne1 floats.
+ */
+static void
+matmul_multi(struct cpu_engine *e, int n, const struct model_weight *const *w,
+    float *const *outs)
+{
+	struct mm_run r;
+	int64_t total_rows = 0;
+	int n_cols = e->act_rows;
+
+	memset(&r, 0, sizeof(r));
+	r.n_jobs = n;
+	r.n_cols = n_cols;
+	r.col_chunk = n_cols <= 64 ? n_cols : 64;
+	r.col_tasks = (n_cols + r.col_chunk - 1) / r.col_chunk;
+	for (int i = 0; i < n; i++)
+		total_rows += w[i]->ne1;
+
+	/* Enough row tasks to balance the pool, in multiples of 8 rows. */
+	int target = e->n_threads * (n_cols == 1 ? 8 : 4);
+	int64_t rpt = (total_rows * r.col_tasks + target - 1) / target;
+	if (n_cols > 1 && rpt > 64)
+		rpt = 64;
+	rpt = (rpt + 7) / 8 * 8;
+	if (rpt < 16)
+		rpt = 16;
+
+	int t = 0;
+	for (int i = 0; i < n; i++) {
+		struct mm_job *j = &r.jobs[i];
+
+		j->w = w[i];
+		j->act = act_get(e, quant_vec_dot_type(w[i]->type), &j->act_stride);
+		j->out = outs[i];
+		j->ldo = (size_t)w[i]->ne1;
+		j->rows_per_task = (int)rpt;
+		j->row_tasks = (int)((w[i]->ne1 + rpt - 1) / rpt);
+		j->first_task = t;
+		t += j->row_tasks;
+	}
+	r.n_tasks = t * r.col_tasks;
+	pool_run(e->pool, mm_task, &r, r.n_tasks);
+}
+
+static void
+matmul(struct cpu_engine *e, const struct model_weight *w, float *out)
+{
+	matmul_multi(e, 1, &w, &out);
+}
+
+/* ------------------------------------------------------------ small ops */
+
+static void
+rmsnorm(float *dst, const float *x, const float *w, int n, float eps)
+{
+	double sum = 0.0;
+
+	for (int i = 0; i < n; i++)
+		sum += (double)(x[i] * x[i]);
+	const float mean = (float)(sum / n);
+	const float scale = 1.0f / sqrtf(mean + eps);
+	for (int i = 0; i < n; i++)
+		dst[i] = (x[i] * scale) * w[i];
+}
+
+static void
+rope_tables(const struct model_hparams *hp, int pos, float *c, float *s)
+{
+	const float theta_scale = powf(hp->rope_freq_base, -2.0f / (float)hp->n_rot);
+	float theta = (float)pos;
+
+	for (int i = 0; i < hp->n_rot / 2; i++) {
+		float t = hp->rope_freq_scale * theta;
+
+		c[i] = cosf(t);
+		s[i] = sinf(t);
+		theta *= theta_scale;
+	}
+}
+
+static void
+rope_apply(const struct model_hparams *hp, float *head, const float *c, const float *s)
+{
+	int half = hp->n_rot / 2;
+
+	if (hp->rope_type == MODEL_ROPE_NORM) {
+		for (int i = 0; i < half; i++) {
+			float x0 = head[2 * i], x1 = head[2 * i + 1];
+
+			head[2 * i] = x0 * c[i] - x1 * s[i];
+			head[2 * i + 1] = x0 * s[i] + x1 * c[i];
+		}
+	} else {
+		for (int i = 0; i < half; i++) {
+			float x0 = head[i], x1 = head[i + half];
+
+			head[i] = x0 * c[i] - x1 * s[i];
+			head[i + half] = x0 * s[i] + x1 * c[i];
+		}
+	}
+}
+
+/* ------------------------------------------------------------ attention */
+
+struct att_job {
+	struct cpu_engine *e;
+	const struct cpu_batch *b;
+	int layer;
+};
+
+static void
+att_task(void *arg, int task, int worker)
+{
+	struct att_job *j = arg;
+	struct cpu_engine *e = j->e;
+	const struct model_hparams *hp = &e->m->hp;
+	int hd = hp->head_dim;
+	int t = task / hp->n_head;
+	int h = task % hp->n_head;
+	int g = h / (hp->n_head / hp->n_head_kv);
+	struct cpu_kv *kv = j->b->kv[t];
+	int n = j->b->pos[t] + 1;
+	size_t q_dim = (size_t)hp->n_head * hd;
+	const float *q = e->q + (size_t)t * q_dim + (size_t)h * hd;
+	float *out = e->att + (size_t)t * q_dim + (size_t)h * hd;
+	float *sc = e->w_scores + (size_t)worker * e->cap_ctx;
+	uint16_t *p16 = e->w_p16 + (size_t)worker * e->cap_ctx;
+	uint16_t *q16 = e->w_q16 + (size_t)worker * hd;
+	const uint16_t *kbase = kv->k + (size_t)j->layer * kv->n_ctx * kv->kv_dim +
+	    (size_t)g * hd;
+	const uint16_t *vbase = kv->v + ((size_t)j->layer * kv->kv_dim +
+	    (size_t)g * hd) * kv->n_ctx;
+	const float scale = 1.0f / sqrtf((float)hd);
+	float max = -INFINITY;
+	double sum = 0.0;
+
+	quant_fp16_row_from_fp32(q, q16, hd);
+	quant_matmul(ORCD_DTYPE_F16, hd, kbase, (size_t)kv->kv_dim * sizeof(uint16_t), n,
+	    q16, 0, 1, sc, (size_t)n);
+	for (int i = 0; i < n; i++) {
+		sc[i] *= scale;
+		if (sc[i] > max)
+			max = sc[i];
+	}
+	for (int i = 0; i < n; i++) {
+		sc[i] = expf(sc[i] - max);
+		sum += (double)sc[i];
+	}
+	const float inv = (float)(1.0 / sum);
+	for (int i = 0; i < n; i++)
+		sc[i] *= inv;
+	quant_fp16_row_from_fp32(sc, p16, n);
+	quant_matmul(ORCD_DTYPE_F16, n, vbase, (size_t)kv->n_ctx * sizeof(uint16_t), hd,
+	    p16, 0, 1, out, (size_t)hd);
+}
+
+/* ------------------------------------------------------------ forward */
+
+static void
+add_bias(float *x, const float *bias, int rows, int n)
+{
+	if (bias == NULL)
+		return;
+	for (int r = 0; r < rows; r++)
+		for (int i = 0; i < n; i++)
+			x[(size_t)r * n + i] += bias[i];
+}
+
+int
+cpu_forward(struct cpu_engine *e, const struct cpu_batch *b, float *logits,
+    struct orcd_err *err)
+{
+	const struct model *m = e->m;
+	const struct model_hparams *hp = &m->hp;
+	int nt = b->n_tokens;
+	int n_embd = hp->n_embd;
+	int hd = hp->head_dim;
+	size_t q_dim = (size_t)hp->n_head * hd;
+	size_t kv_dim = (size_t)hp->n_head_kv * hd;
+	int half = hp->n_rot / 2;
+	int max_ctx = 0;
+
+	if (nt <= 0)
+		return orcd_errf(err, "cpu: empty batch");
+	for (int t = 0; t < nt; t++) {
+		if (b->tokens[t] < 0 || b->tokens[t] >= hp->n_vocab)
+			return orcd_errf(err, "cpu: token id %d at batch index %d is "
+			    "outside the vocabulary (0..%d)", b->tokens[t], t,
+			    hp->n_vocab - 1);
+		if (b->pos[t] < 0 || b->pos[t] >= b->kv[t]->n_ctx)
+			return orcd_errf(err, "cpu: position %d at batch index %d is "
+			    "outside the context (%d)", b->pos[t], t, b->kv[t]->n_ctx);
+		if (b->pos[t] + 1 > max_ctx)
+			max_ctx = b->pos[t] + 1;
+	}
+	if (engine_reserve_tokens(e, nt, err) != 0 ||
+	    engine_reserve_ctx(e, max_ctx, err) != 0)
+		return -1;
+
+	/* Embeddings and rope tables. */
+	for (int t = 0; t < nt; t++) {
+		quant_dequantize_row(m->tok_embd.type, (const uint8_t *)m->tok_embd.data +
+		    (size_t)b->tokens[t] * m->tok_embd.row_bytes, e->x + (size_t)t * n_embd,
+		    n_embd);
+		rope_tables(hp, b->pos[t], e->rope_cos + (size_t)t * half,
+		    e->rope_sin + (size_t)t * half);
+	}
+
+	for (int il = 0; il < hp->n_layer; il++) {
+		const struct model_layer *L = &m->layers[il];
+
+		/* attention block */
+		for (int t = 0; t < nt; t++)
+			rmsnorm(e->xn + (size_t)t * n_embd, e->x + (size_t)t * n_embd,
+			    L->attn_norm, n_embd, hp->rms_eps);
+		act_set_input(e, e->xn, nt, n_embd);
+		{
+			const struct model_weight *w[3] = { &L->wq, &L->wk, &L->wv };
+			float *o[3] = { e->q, e->k, e->v };
+			matmul_multi(e, 3, w, o);
+		}
+		add_bias(e->q, L->bq, nt, (int)q_dim);
+		add_bias(e->k, L->bk, nt, (int)kv_dim);
+		add_bias(e->v, L->bv, nt, (int)kv_dim);
+		for (int t = 0; t < nt; t++) {
+			const float *c = e->rope_cos + (size_t)t * half;
+			const float *s = e->rope_sin + (size_t)t * half;
+			struct cpu_kv *kv = b->kv[t];
+			int p = b->pos[t];
+
+			for (int h = 0; h < hp->n_head; h++)
+				rope_apply(hp, e->q + (size_t)t * q_dim + (size_t)h * hd, c, s);
+			for (int h = 0; h < hp->n_head_kv; h++)
+				rope_apply(hp, e->k + (size_t)t * kv_dim + (size_t)h * hd, c, s);
+			uint16_t *kd = kv->k + ((size_t)il * kv->n_ctx + p) * kv_dim;
+			quant_fp16_row_from_fp32(e->k + (size_t)t * kv_dim, kd, (int64_t)kv_dim);
+			uint16_t *vd = kv->v + (size_t)il * kv_dim * kv->n_ctx + p;
+			const float *vs = e->v + (size_t)t * kv_dim;
+			for (size_t d = 0; d < kv_dim; d++)
+				vd[d * kv->n_ctx] = quant_fp32_to_fp16(vs[d]);
+			if (p + 1 > kv->n_used)
+				kv->n_used = p + 1;
+		}
+		struct att_job aj = { .e = e, .b = b, .layer = il };
+		pool_run(e->pool, att_task, &aj, nt * hp->n_head);
+		act_set_input(e, e->att, nt, (int)q_dim);
+		matmul(e, &L->wo, e->proj);
+		for (size_t i = 0; i < (size_t)nt * n_embd; i++)
+			e->x[i] += e->proj[i];
+
+		/* feed-forward block */
+		for (int t = 0; t < nt; t++)
+			rmsnorm(e->xn + (size_t)t * n_embd, e->x + (size_t)t * n_embd,
+			    L->ffn_norm, n_embd, hp->rms_eps);
+		act_set_input(e, e->xn, nt, n_embd);
+		{
+			const struct model_weight *w[2] = { &L->w_gate, &L->w_up };
+			float *o[2] = { e->gate, e->up };
+			matmul_multi(e, 2, w, o);
+		}
+		for (size_t i = 0; i < (size_t)nt * hp->n_ff; i++) {
+			float g = e->gate[i];
+
+			e->gate[i] = (g / (1.0f + expf(-g))) * e->up[i];
+		}
+		act_set_input(e, e->gate, nt, hp->n_ff);
+		matmul(e, &L->w_down, e->proj);
+		for (size_t i = 0; i < (size_t)nt * n_embd; i++)
+			e->x[i] += e->proj[i];
+	}
+
+	/* Output head, only for the rows that need logits. */
+	int n_out = 0;
+	for (int t = 0; t < nt; t++) {
+		bool want = b->logits ? b->logits[t] : t == nt - 1;
+
+		if (!want)
+			continue;
+		rmsnorm(e->out_rows + (size_t)n_out * n_embd, e->x + (size_t)t * n_embd,
+		    m->output_norm, n_embd, hp->rms_eps);
+		n_out++;
+	}
+	if (n_out > 0) {
+		act_set_input(e, e->out_rows, n_out, n_embd);
+		matmul(e, &m->output, logits);
+	}
+	return 0;
+}

@@ -1,0 +1,422 @@
+/*
+ * AVX-512 (F/BW/VL/DQ) kernels: activation quantizers, fp16 rows, and the
+ * register-tiled matmul for every weight type.  The integer kernels exist
+ * twice (quant_avx512_body.h is included two times): once with plain
+ * AVX-512BW arithmetic and once, under a target pragma, with the VNNI
+ * dot-product instructions; quant_init() picks the second only when the
+ * CPU reports AVX512_VNNI.
+ *
+ * Tiling: a tile is R weight rows by C activation columns (R, C <= 4).  Per
+ * block the activation columns are loaded once and reused for every row,
+ * each weight block is unpacked once and reused for every column, and each
+ * (row, column) pair keeps a 16-lane float accumulator that is reduced only
+ * when the tile is done.
+ */
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "cpu/quant_impl.h"
+
+#define QUANT_INLINE static inline __attribute__((always_inline))
+
+struct mm_args {
+	int64_t n;
+	const uint8_t *w;
+	size_t ws;
+	const uint8_t *a;
+	size_t as;
+	float *out;
+	size_t ldo;
+};
+
+typedef void mm_tile_fn(const struct mm_args *p, int r0, int c0);
+
+/* Columns are walked in groups that stay in L2 while the rows stream by. */
+#define MM_COL_GROUP 64
+
+/*
+ * Runs the tiles over the nr x nc output: rows in steps of rt (4 for a
+ * single column), columns in steps of ct, tails with smaller tiles.
+ */
+static void
+mm_drive(const struct mm_args *p, int nr, int nc, mm_tile_fn *const tiles[4][4],
+    int rt, int ct)
+{
+	const int rstep = nc == 1 ? 4 : rt;
+
+	for (int cg = 0; cg < nc; cg += MM_COL_GROUP) {
+		const int ce = nc - cg > MM_COL_GROUP ? cg + MM_COL_GROUP : nc;
+
+		for (int r0 = 0; r0 < nr; r0 += rstep) {
+			const int R = nr - r0 < rstep ? nr - r0 : rstep;
+
+			for (int c0 = cg; c0 < ce; c0 += ct) {
+				const int C = ce - c0 < ct ? ce - c0 : ct;
+
+				tiles[R - 1][C - 1](p, r0, c0);
+			}
+		}
+	}
+}
+
+/* Instantiates tile functions for every R, C in 1..4 and their table
+ * (the extra level expands a macro-built name before pasting). */
+#define MM_TILE_SET(name, body) MM_TILE_SET_(name, body)
+#define MM_TILE_SET_(name, body)					\
+	MM_TILE_ROW(name, body, 1) MM_TILE_ROW(name, body, 2)		\
+	MM_TILE_ROW(name, body, 3) MM_TILE_ROW(name, body, 4)		\
+	static mm_tile_fn *const name##_tiles[4][4] = {			\
+		{ name##_1x1, name##_1x2, name##_1x3, name##_1x4 },	\
+		{ name##_2x1, name##_2x2, name##_2x3, name##_2x4 },	\
+		{ name##_3x1, name##_3x2, name##_3x3, name##_3x4 },	\
+		{ name##_4x1, name##_4x2, name##_4x3, name##_4x4 },	\
+	};
+#define MM_TILE_ROW(name, body, R)					\
+	MM_TILE_ONE(name, body, R, 1) MM_TILE_ONE(name, body, R, 2)	\
+	MM_TILE_ONE(name, body, R, 3) MM_TILE_ONE(name, body, R, 4)
+#define MM_TILE_ONE(name, body, R, C)					\
+	static void							\
+	name##_##R##x##C(const struct mm_args *p, int r0, int c0)	\
+	{								\
+		body(p, r0, c0, R, C);					\
+	}
+
+/* ------------------------------------------------------------ helpers */
+
+/* Sums of four vectors, as [sum a, sum b, sum c, sum d]. */
+QUANT_INLINE __m128
+hsum4(__m512 a, __m512 b, __m512 c, __m512 d)
+{
+	__m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44),
+	    _mm512_shuffle_f32x4(a, b, 0xee));
+	__m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44),
+	    _mm512_shuffle_f32x4(c, d, 0xee));
+	/* 128-bit lane k now holds four partial sums of the k-th input. */
+	__m512 x = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88),
+	    _mm512_shuffle_f32x4(ab, cd, 0xdd));
+	/* hadd twice: lane 0 of t = [a, c, a, c], lane 1 = [b, d, b, d]. */
+	__m256 t = _mm256_hadd_ps(_mm512_castps512_ps256(x),
+	    _mm512_extractf32x8_ps(x, 1));
+	t = _mm256_hadd_ps(t, t);
+	return _mm_unpacklo_ps(_mm256_castps256_ps128(t),
+	    _mm256_extractf128_ps(t, 1));
+}
+
+/* Writes the reduced accumulators of an R x C tile. */
+QUANT_INLINE void
+store_tile(const struct mm_args *p, int r0, int c0, int R, int C,
+    __m512 acc[4][4])
+{
+	for (int c = 0; c < C; c++) {
+		float *o = p->out + (size_t)(c0 + c) * p->ldo + r0;
+
+		if (R == 4) {
+			_mm_storeu_ps(o, hsum4(acc[0][c], acc[1][c], acc[2][c],
+			    acc[3][c]));
+		} else {
+			for (int r = 0; r < R; r++)
+				o[r] = _mm512_reduce_add_ps(acc[r][c]);
+		}
+	}
+}
+
+/* [h0 x 8, h1 x 8] as floats. */
+QUANT_INLINE __m512
+scales2(uint16_t h0, uint16_t h1)
+{
+	__m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(h0 | (uint32_t)h1 << 16)));
+
+	return _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1,
+	    0, 0, 0, 0, 0, 0, 0, 0), _mm512_castps128_ps512(f));
+}
+
+/* [h0, 0 x 7, h1, 0 x 7]: a per-block term that must be counted once. */
+QUANT_INLINE __m512
+scales2_once(uint16_t h0, uint16_t h1)
+{
+	__m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(h0 | (uint32_t)h1 << 16)));
+
+	return _mm512_maskz_permutexvar_ps(0x0101, _mm512_set_epi32(1, 1, 1, 1,
+	    1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0), _mm512_castps128_ps512(f));
+}
+
+static inline uint16_t
+load_u16(const uint8_t *p)
+{
+	uint16_t v;
+
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+static inline uint32_t
+load_u32(const uint8_t *p)
+{
+	uint32_t v;
+
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+/*
+ * The 32 nibbles of each of two blocks as bytes in element order: lanes
+ * 0-15 low nibbles of block 0, 16-31 its high nibbles, 32-63 block 1.
+ */
+QUANT_INLINE __m512i
+nibbles2(const uint8_t *q0, const uint8_t *q1, int two)
+{
+	__m256i lo = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q0));
+	__m512i v = two ? _mm512_inserti64x4(_mm512_castsi256_si512(lo),
+	    _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q1)), 1) :
+	    _mm512_zextsi256_si512(lo);
+	const __m512i shift = _mm512_set_epi64(0x0004000400040004, 0x0004000400040004,
+	    0, 0, 0x0004000400040004, 0x0004000400040004, 0, 0);
+
+	return _mm512_and_si512(_mm512_srlv_epi16(v, shift), _mm512_set1_epi8(0x0f));
+}
+
+/* 32 bytes from each of two blocks, one per 256-bit half. */
+QUANT_INLINE __m512i
+bytes2(const uint8_t *q0, const uint8_t *q1, int two)
+{
+	__m256i lo = _mm256_loadu_si256((const __m256i *)q0);
+
+	if (!two)
+		return _mm512_zextsi256_si512(lo);
+	return _mm512_inserti64x4(_mm512_castsi256_si512(lo),
+	    _mm256_loadu_si256((const __m256i *)q1), 1);
+}
+
+/* Q4_K / Q5_K: the 8 scales and 8 mins of a super-block as int16. */
+QUANT_INLINE __m256i
+k_scales_mins(const uint8_t *s)
+{
+	const uint32_t x0 = load_u32(s), x1 = load_u32(s + 4), x2 = load_u32(s + 8);
+	const uint32_t sc_lo = x0 & 0x3f3f3f3f, m_lo = x1 & 0x3f3f3f3f;
+	const uint32_t sc_hi = (x2 & 0x0f0f0f0f) | ((x0 >> 2) & 0x30303030);
+	const uint32_t m_hi = ((x2 >> 4) & 0x0f0f0f0f) | ((x1 >> 2) & 0x30303030);
+
+	return _mm256_cvtepu8_epi16(_mm_set_epi32((int)m_hi, (int)m_lo,
+	    (int)sc_hi, (int)sc_lo));
+}
+
+/* ------------------------------------------------- activation quantizers */
+
+static void
+quantize_q8_0_avx512(const float *x, void *dst, int64_t n)
+{
+	struct quant_block_q8_0 *y = dst;
+
+	for (int64_t i = 0; i < n / QUANT_QK; i++, x += QUANT_QK) {
+		__m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+		const float amax = _mm512_reduce_max_ps(_mm512_max_ps(
+		    _mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+		const float d = amax / 127.0f;
+		const __m512 id = _mm512_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
+
+		y[i].d = quant_float_to_half(d);
+		/* cvtps rounds to nearest even, as ggml's _mm256_round_ps. */
+		_mm_storeu_si128((__m128i *)y[i].qs, _mm512_cvtepi32_epi8(
+		    _mm512_cvtps_epi32(_mm512_mul_ps(v0, id))));
+		_mm_storeu_si128((__m128i *)(y[i].qs + 16), _mm512_cvtepi32_epi8(
+		    _mm512_cvtps_epi32(_mm512_mul_ps(v1, id))));
+	}
+}
+
+static void
+quantize_q8_1_avx512(const float *x, void *dst, int64_t n)
+{
+	struct quant_block_q8_1 *y = dst;
+
+	for (int64_t i = 0; i < n / QUANT_QK; i++, x += QUANT_QK) {
+		__m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+		const float amax = _mm512_reduce_max_ps(_mm512_max_ps(
+		    _mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+		const float d = amax / 127.0f;
+		const __m512 id = _mm512_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
+		__m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, id));
+		__m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, id));
+		const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+
+		y[i].d = quant_float_to_half(d);
+		y[i].s = quant_float_to_half(d * (float)sum);
+		_mm_storeu_si128((__m128i *)y[i].qs, _mm512_cvtepi32_epi8(q0));
+		_mm_storeu_si128((__m128i *)(y[i].qs + 16), _mm512_cvtepi32_epi8(q1));
+	}
+}
+
+static void
+quantize_q8_K_avx512(const float *x, void *dst, int64_t n)
+{
+	struct quant_block_q8_K *y = dst;
+
+	for (int64_t i = 0; i < n / QUANT_QK_K; i++, x += QUANT_QK_K) {
+		__m512 m = _mm512_setzero_ps();
+		float amax, max = 0.0f;
+
+		for (int j = 0; j < QUANT_QK_K; j += 16)
+			m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + j)));
+		amax = _mm512_reduce_max_ps(m);
+		if (amax == 0.0f) {
+			memset(&y[i], 0, sizeof(y[i]));
+			continue;
+		}
+		/* The first element of largest magnitude gives the sign. */
+		const __m512 vamax = _mm512_set1_ps(amax);
+		for (int j = 0; j < QUANT_QK_K; j += 16) {
+			__mmask16 k = _mm512_cmp_ps_mask(_mm512_abs_ps(
+			    _mm512_loadu_ps(x + j)), vamax, _CMP_EQ_OQ);
+
+			if (k != 0) {
+				max = x[j + __builtin_ctz(k)];
+				break;
+			}
+		}
+		const float iscale = -127.0f / max;
+		const __m512 vis = _mm512_set1_ps(iscale);
+		const __m512i top = _mm512_set1_epi32(127);
+
+		for (int g = 0; g < QUANT_QK_K / 16; g++) {
+			__m512i q = _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(
+			    vis, _mm512_loadu_ps(x + 16 * g))), top);
+
+			_mm_storeu_si128((__m128i *)(y[i].qs + 16 * g),
+			    _mm512_cvtepi32_epi8(q));
+			y[i].bsums[g] = (int16_t)_mm512_reduce_add_epi32(q);
+		}
+		y[i].d = 1.0f / iscale;
+	}
+}
+
+static void
+fp16_from_fp32_avx512(const float *src, uint16_t *dst, int64_t n)
+{
+	int64_t i = 0;
+
+	for (; i + 16 <= n; i += 16)
+		_mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtps_ph(
+		    _mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+	if (i < n) {
+		__mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+
+		_mm256_mask_storeu_epi16(dst + i, k, _mm512_cvtps_ph(
+		    _mm512_maskz_loadu_ps(k, src + i), _MM_FROUND_TO_NEAREST_INT));
+	}
+}
+
+static void
+fp32_from_fp16_avx512(const uint16_t *src, float *dst, int64_t n)
+{
+	int64_t i = 0;
+
+	for (; i + 16 <= n; i += 16)
+		_mm512_storeu_ps(dst + i, _mm512_cvtph_ps(
+		    _mm256_loadu_si256((const __m256i *)(src + i))));
+	if (i < n) {
+		__mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+
+		_mm512_mask_storeu_ps(dst + i, k, _mm512_cvtph_ps(
+		    _mm256_maskz_loadu_epi16(k, src + i)));
+	}
+}
+
+/* ------------------------------------------------- float weight types */
+
+enum { FT_F32, FT_F16, FT_BF16 };
+
+/* 16 elements (fewer under mask k) of a float-like row as floats. */
+QUANT_INLINE __m512
+float_load(int ft, const uint8_t *p, int64_t k, __mmask16 mask, int masked)
+{
+	switch (ft) {
+	case FT_F32:
+		return masked ? _mm512_maskz_loadu_ps(mask, (const float *)p + k) :
+		    _mm512_loadu_ps((const float *)p + k);
+	case FT_F16:
+		return _mm512_cvtph_ps(masked ?
+		    _mm256_maskz_loadu_epi16(mask, (const uint16_t *)p + k) :
+		    _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + k)));
+	default:
+		return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
+		    masked ? _mm256_maskz_loadu_epi16(mask, (const uint16_t *)p + k) :
+		    _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + k))), 16));
+	}
+}
+
+QUANT_INLINE void
+float_step(int ft, const struct mm_args *p, int r0, int c0, int R, int C,
+    int64_t k, __mmask16 mask, int masked, __m512 acc[4][4])
+{
+	__m512 a[4];
+
+#pragma GCC unroll 4
+	for (int c = 0; c < C; c++)
+		a[c] = float_load(ft, p->a + (size_t)(c0 + c) * p->as, k, mask, masked);
+#pragma GCC unroll 4
+	for (int r = 0; r < R; r++) {
+		__m512 w = float_load(ft, p->w + (size_t)(r0 + r) * p->ws, k, mask,
+		    masked);
+
+#pragma GCC unroll 4
+		for (int c = 0; c < C; c++)
+			acc[r][c] = _mm512_fmadd_ps(w, a[c], acc[r][c]);
+	}
+}
+
+QUANT_INLINE void
+float_tile(int ft, const struct mm_args *p, int r0, int c0, int R, int C)
+{
+	__m512 acc[4][4];
+	int64_t k = 0;
+
+#pragma GCC unroll 4
+	for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+		for (int c = 0; c < C; c++)
+			acc[r][c] = _mm512_setzero_ps();
+	for (; k + 16 <= p->n; k += 16)
+		float_step(ft, p, r0, c0, R, C, k, 0, 0, acc);
+	if (k < p->n)
+		float_step(ft, p, r0, c0, R, C, k,
+		    (__mmask16)((1u << (p->n - k)) - 1), 1, acc);
+	store_tile(p, r0, c0, R, C, acc);
+}
+
+#define F32_TILE(p, r0, c0, R, C) float_tile(FT_F32, p, r0, c0, R, C)
+#define F16_TILE(p, r0, c0, R, C) float_tile(FT_F16, p, r0, c0, R, C)
+#define BF16_TILE(p, r0, c0, R, C) float_tile(FT_BF16, p, r0, c0, R, C)
+MM_TILE_SET(f32_avx512, F32_TILE)
+MM_TILE_SET(f16_avx512, F16_TILE)
+MM_TILE_SET(bf16_avx512, BF16_TILE)
+
+#define MM_ENTRY(name, tiles, rt, ct)					\
+static void								\
+name(int64_t n, const void *w, size_t w_stride, int nr, const void *a,	\
+    size_t a_stride, int nc, float *out, size_t ldo)			\
+{									\
+	const struct mm_args p = { n, w, w_stride, a, a_stride, out, ldo }; \
+									\
+	mm_drive(&p, nr, nc, tiles, rt, ct);				\
+}
+
+MM_ENTRY(matmul_f32_avx512, f32_avx512_tiles, 4, 4)
+MM_ENTRY(matmul_f16_avx512, f16_avx512_tiles, 4, 4)
+MM_ENTRY(matmul_bf16_avx512, bf16_avx512_tiles, 4, 4)
+
+/* ------------------------------------------------- integer weight types */
+
+#define QUANT_VNNI 0
+#define QUANT_SUFFIX _avx512
+#include "cpu/quant_avx512_body.h"
+#undef QUANT_VNNI
+#undef QUANT_SUFFIX
+
+#pragma GCC push_options
+#pragma GCC target("avx512vnni")
+#define QUANT_VNNI 1
+#define QUANT_SUFFIX _avx512vnni
+#include "cpu/quant_avx512_body.h"
+#undef QUANT_VNNI
+#undef QUANT_SUFFIX
+#pragma GCC pop_options

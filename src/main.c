@@ -1,0 +1,54 @@
+/*
+ * orcd command-line entry: dispatches the subcommands.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "config.h"
+#include "cpu/quant.h"
+#include "generate.h"
+
+static void
+usage(FILE *f)
+{
+	fprintf(f,
+	    "usage: orcd COMMAND [options]\n"
+	    "\n"
+	    "commands:\n"
+	    "  generate   run one prompt on the CPU engine and print the text\n"
+	    "             (orcd generate --help for options)\n"
+	    "  version    print the version and the CPU kernels in use\n"
+	    "\n"
+	    "See orcd(8) and README.md.\n");
+}
+
+int
+main(int argc, char **argv)
+{
+	if (argc < 2) {
+		usage(stderr);
+		return 2;
+	}
+	if (strcmp(argv[1], "generate") == 0)
+		return generate_main(argc - 1, argv + 1);
+	if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0) {
+		quant_init();
+		printf("orcd %s (CPU kernels: %s; CUDA backend: %s)\n", PACKAGE_VERSION,
+		    quant_isa(),
+#ifdef ORCD_HAVE_CUDA
+		    "built"
+#else
+		    "not built"
+#endif
+		    );
+		return 0;
+	}
+	if (strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 ||
+	    strcmp(argv[1], "-h") == 0) {
+		usage(stdout);
+		return 0;
+	}
+	fprintf(stderr, "orcd: unknown command '%s'\n", argv[1]);
+	usage(stderr);
+	return 2;
+}
