@@ -467,7 +467,7 @@ test_full_vocabulary(void **state)
 	for (i = 0; i < MID_VOCAB; i++)
 		l[i] = 1.5f * test_normal(i);
 	for (i = 0; i < 6; i++)
-		l[i * 1000] = 7.0f - i;
+		l[i * 500] = 7.0f - i;
 	for (i = 0; i < MID_VOCAB; i++)
 		sum += expect[i] = exp(l[i] / 0.7);
 	/* Frequencies of the six strong tokens and of the rest. */
@@ -480,10 +480,10 @@ test_full_vocabulary(void **state)
 
 		for (i = 0; i < n_draws; i++) {
 			t = sampler_sample(full, l);
-			count[t % 1000 == 0 && t < 6000 ? t / 1000 : 6]++;
+			count[t % 500 == 0 && t < 3000 ? t / 500 : 6]++;
 		}
 		for (i = 0; i < 7; i++) {
-			q = i < 6 ? expect[i * 1000] / sum : rest;
+			q = i < 6 ? expect[i * 500] / sum : rest;
 			if (i < 6)
 				rest -= q;
 			if (fabs((double)count[i] / n_draws - q) >

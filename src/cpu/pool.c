@@ -70,7 +70,12 @@ worker_main(void *v)
 		while ((g = atomic_load_explicit(&p->generation,
 		    memory_order_acquire)) == seen && !atomic_load(&p->quit)) {
 			if (++spins < POOL_SPIN) {
-				cpu_relax();
+				/* yield now and then: on an oversubscribed machine the
+				 * thread we wait for may need this core */
+				if ((spins & 255) == 0)
+					sched_yield();
+				else
+					cpu_relax();
 				continue;
 			}
 			pthread_mutex_lock(&p->mu);
@@ -186,7 +191,10 @@ pool_run(struct pool *p, pool_fn fn, void *arg, int n_tasks)
 	for (int spins = 0; atomic_load_explicit(&p->remaining,
 	    memory_order_acquire) > 0; spins++) {
 		if (spins < POOL_SPIN) {
-			cpu_relax();
+			if ((spins & 255) == 255)
+				sched_yield();
+			else
+				cpu_relax();
 			continue;
 		}
 		pthread_mutex_lock(&p->mu);

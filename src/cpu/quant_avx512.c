@@ -28,36 +28,74 @@ struct mm_args {
 	size_t as;
 	float *out;
 	size_t ldo;
+	const uint8_t *pack;	/* packed activation columns (quantized types) */
 };
 
+/* An R x C tile at rows r0.., columns c0.. (float types), or one row r0
+ * against the C packed columns starting at c0 (quantized types). */
 typedef void mm_tile_fn(const struct mm_args *p, int r0, int c0);
-
-/* Columns are walked in groups that stay in L2 while the rows stream by. */
-#define MM_COL_GROUP 64
+typedef void mm_pack_fn(const struct mm_args *p, int c0, int C, uint8_t *pack);
 
 /*
- * Runs the tiles over the nr x nc output: rows in steps of rt (4 for a
- * single column), columns in steps of ct, tails with smaller tiles.
+ * Float weight types: rows in steps of 4 (1 when there are only one or
+ * two columns, so that the weights are read as one sequential stream:
+ * interleaving several rows' streams costs half the memory bandwidth on
+ * the machines measured), columns in steps of 4.
  */
 static void
-mm_drive(const struct mm_args *p, int nr, int nc, mm_tile_fn *const tiles[4][4],
-    int rt, int ct)
+mm_drive(const struct mm_args *p, int nr, int nc, mm_tile_fn *const tiles[4][4])
 {
-	const int rstep = nc == 1 ? 4 : rt;
+	const int rstep = nc <= 2 ? 1 : 4;
 
-	for (int cg = 0; cg < nc; cg += MM_COL_GROUP) {
-		const int ce = nc - cg > MM_COL_GROUP ? cg + MM_COL_GROUP : nc;
+	for (int cg = 0; cg < nc; cg += 64) {	/* 64 columns stay in L2 */
+		const int ce = nc - cg > 64 ? cg + 64 : nc;
 
 		for (int r0 = 0; r0 < nr; r0 += rstep) {
 			const int R = nr - r0 < rstep ? nr - r0 : rstep;
 
-			for (int c0 = cg; c0 < ce; c0 += ct) {
-				const int C = ce - c0 < ct ? ce - c0 : ct;
+			for (int c0 = cg; c0 < ce; c0 += 4) {
+				const int C = ce - c0 < 4 ? ce - c0 : 4;
 
 				tiles[R - 1][C - 1](p, r0, c0);
 			}
 		}
 	}
+}
+
+/* Packed activations up to this size live on the stack. */
+#define MM_PACK_STACK (24 * 1024)
+#define MM_PACK_COLS 8
+
+/*
+ * Quantized weight types: the activation columns are packed 8 at a time
+ * into the layout the kernels load directly (pack_bytes per column), then
+ * every weight row streams past them once, one row at a time.
+ */
+static void
+mm_drive_packed(struct mm_args *p, int nr, int nc, mm_tile_fn *const rows[8],
+    mm_pack_fn *pack, size_t pack_bytes, quant_matmul_fn *fallback)
+{
+	_Alignas(64) uint8_t stack[MM_PACK_STACK];
+	const size_t need = pack_bytes * (size_t)(nc < MM_PACK_COLS ? nc : MM_PACK_COLS);
+	uint8_t *buf = stack, *heap = NULL;
+
+	if (need > sizeof(stack)) {
+		heap = aligned_alloc(64, (need + 63) & ~(size_t)63);
+		if (heap == NULL) {
+			fallback(p->n, p->w, p->ws, nr, p->a, p->as, nc, p->out, p->ldo);
+			return;
+		}
+		buf = heap;
+	}
+	for (int c0 = 0; c0 < nc; c0 += MM_PACK_COLS) {
+		const int C = nc - c0 < MM_PACK_COLS ? nc - c0 : MM_PACK_COLS;
+
+		pack(p, c0, C, buf);
+		p->pack = buf;
+		for (int r = 0; r < nr; r++)
+			rows[C - 1](p, r, c0);
+	}
+	free(heap);
 }
 
 /* Instantiates tile functions for every R, C in 1..4 and their table
@@ -80,6 +118,24 @@ mm_drive(const struct mm_args *p, int nr, int nc, mm_tile_fn *const tiles[4][4],
 	name##_##R##x##C(const struct mm_args *p, int r0, int c0)	\
 	{								\
 		body(p, r0, c0, R, C);					\
+	}
+
+/* Row kernels for C = 1..8 packed columns, and their table. */
+#define MM_ROW_SET(name, body) MM_ROW_SET_(name, body)
+#define MM_ROW_SET_(name, body)						\
+	MM_ROW_ONE(name, body, 1) MM_ROW_ONE(name, body, 2)		\
+	MM_ROW_ONE(name, body, 3) MM_ROW_ONE(name, body, 4)		\
+	MM_ROW_ONE(name, body, 5) MM_ROW_ONE(name, body, 6)		\
+	MM_ROW_ONE(name, body, 7) MM_ROW_ONE(name, body, 8)		\
+	static mm_tile_fn *const name##_rows[8] = {			\
+		name##_c1, name##_c2, name##_c3, name##_c4,		\
+		name##_c5, name##_c6, name##_c7, name##_c8,		\
+	};
+#define MM_ROW_ONE(name, body, C)					\
+	static void							\
+	name##_c##C(const struct mm_args *p, int r, int c0)		\
+	{								\
+		body(p, r, c0, C);					\
 	}
 
 /* ------------------------------------------------------------ helpers */
@@ -119,6 +175,24 @@ store_tile(const struct mm_args *p, int r0, int c0, int R, int C,
 				o[r] = _mm512_reduce_add_ps(acc[r][c]);
 		}
 	}
+}
+
+/* Writes the reduced accumulators of one row against C columns. */
+QUANT_INLINE void
+store_row(const struct mm_args *p, int r, int c0, int C, const __m512 *acc)
+{
+	float *o = p->out + (size_t)c0 * p->ldo + r;
+	int c = 0;
+
+	for (; c + 4 <= C; c += 4) {
+		float s[4];
+
+		_mm_storeu_ps(s, hsum4(acc[c], acc[c + 1], acc[c + 2], acc[c + 3]));
+		for (int k = 0; k < 4; k++)
+			o[(size_t)(c + k) * p->ldo] = s[k];
+	}
+	for (; c < C; c++)
+		o[(size_t)c * p->ldo] = _mm512_reduce_add_ps(acc[c]);
 }
 
 /* [h0 x 8, h1 x 8] as floats. */
