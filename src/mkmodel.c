@@ -3,7 +3,6 @@
  * type plan (llama.cpp's quantizer rules), the tokenizers, the weight
  * generator and the threaded, streaming writer.
  */
-#include <ctype.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>

@@ -16,12 +16,18 @@
  * - plain temperature sampling over the whole vocabulary: the draw walks
  *   the tokens in id order by block sums; nothing is sorted.
  */
-#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "sampler.h"
+
+/* The float arithmetic must not be fused into multiply-adds (sampler.h).
+ * clang honours the standard pragma; GCC has no equivalent, so where FMA
+ * is enabled (-mfma, -march=native, arm64) build with -ffp-contract=off. */
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
 
 /* Buckets over d = distance to the max logit (in nats, after temperature
  * where it applies): BUCKET_SCALE per nat up to BUCKET_RANGE, the last one
@@ -34,6 +40,7 @@
 #define N_COUNT_BUCKETS (COUNT_SCALE * BUCKET_RANGE + 1)
 #define N_LANES 16		/* independent partial sums per bucket */
 #define HEAP_K_MAX 128		/* larger top_k: by count buckets */
+#define BLOCK 16		/* tokens per step of the vocabulary passes */
 
 struct sampler {
 	struct sampler_params params;
@@ -48,9 +55,9 @@ struct sampler {
 	int n_pen;
 
 	uint64_t *keys;		/* candidates */
-	uint64_t *scratch;	/* radix sort buffer, then candidate weights */
+	uint64_t *scratch;	/* radix sort buffer, then weights */
 	int keys_cap;
-	float *penalized;	/* penalized copy of the logits (bucket paths) */
+	float *penalized;	/* penalized logits (bucket paths) */
 };
 
 void
@@ -108,13 +115,15 @@ struct sampler *
 sampler_new(const struct sampler_params *p, int n_vocab, struct orcd_err *err)
 {
 	struct sampler *s;
-	int k;
+	size_t n_keys, n_scratch;
+	int k, whole;
 
 	if (sampler_params_validate(p, err) != 0)
 		return NULL;
-	if (n_vocab <= 0)
-		return orcd_errf(err, "sampler: n_vocab %d must be > 0",
-		    n_vocab), NULL;
+	if (n_vocab <= 0) {
+		orcd_errf(err, "sampler: n_vocab %d must be > 0", n_vocab);
+		return NULL;
+	}
 	if ((s = calloc(1, sizeof(*s))) == NULL) {
 		orcd_errf(err, "sampler: out of memory");
 		return NULL;
@@ -133,20 +142,25 @@ sampler_new(const struct sampler_params *p, int n_vocab, struct orcd_err *err)
 
 	/* Scratch as large as the path these params take needs. */
 	k = top_k_count(p, n_vocab);
-	if (p->temperature <= 0 || isinf(1.0f / p->temperature))
-		s->keys_cap = 1;
-	else if (k > 0 && k <= HEAP_K_MAX)
-		s->keys_cap = k;
-	else {
-		s->keys_cap = n_vocab;
-		if (penalty_on(p)) {
-			s->penalized = malloc(n_vocab * sizeof(*s->penalized));
-			if (s->penalized == NULL)
-				goto fail;
-		}
+	n_keys = n_scratch = n_vocab;
+	whole = 1;		/* a path that reads a penalized copy */
+	if (p->temperature <= 0 || isinf(1.0f / p->temperature)) {
+		n_keys = n_scratch = 1;
+		whole = 0;
+	} else if (k > 0 && k <= HEAP_K_MAX) {
+		n_keys = n_scratch = k;
+		whole = 0;
+	} else if (k == 0 && p->top_p >= 1.0f && p->min_p <= 0) {
+		n_keys = 1;		/* no cut: block sums only */
+		n_scratch = n_vocab / BLOCK + 1;
 	}
-	s->keys = malloc(s->keys_cap * sizeof(*s->keys));
-	s->scratch = malloc(s->keys_cap * sizeof(*s->scratch));
+	if (whole && penalty_on(p)) {
+		s->penalized = malloc(n_vocab * sizeof(*s->penalized));
+		if (s->penalized == NULL)
+			goto fail;
+	}
+	s->keys = malloc(n_keys * sizeof(*s->keys));
+	s->scratch = malloc(n_scratch * sizeof(*s->scratch));
 	if (s->keys == NULL || s->scratch == NULL)
 		goto fail;
 	return s;
@@ -469,12 +483,10 @@ penalty_view(struct sampler *s, const float *logits)
 
 /*
  * The passes over the vocabulary work in blocks of BLOCK tokens with
- * fixed-length inner loops that the compiler turns into vector code (at
- * -O2 too); a block is looked at token by token only when one of its
- * tokens matters.  Every operation is elementwise, so the results are the
- * same bits as a plain loop.
+ * fixed-length inner loops on vectors; a block is looked at token by token
+ * only when one of its tokens matters.  Every operation is elementwise, so
+ * the results are the same bits as a plain loop.
  */
-#define BLOCK 16
 
 static void
 heap_offer(uint64_t *heap, int *n, int k, uint64_t key)
@@ -886,9 +898,8 @@ sample_nucleus(struct sampler *s, const float *l, double u)
 	kept = cut_sorted(s, s->keys, n, S, &reached);
 	if (!reached && !min_p_bound && last < N_BUCKETS - 1) {
 		/* Everything past a min-p bound fails min-p, so only top-p
-		 * gets here: rounding put its cut past the buckets gathered;
-		 * the rest
-		 * sorts after them, so it is sorted on its own and
+		 * gets here: rounding put its cut past the buckets gathered.
+		 * The rest sorts after them, so it is sorted on its own and
 		 * appended. */
 		int more = gather_buckets(s, l, m, 1.0f, last + 1,
 		    N_BUCKETS - 1, n);
@@ -927,7 +938,7 @@ sample_full(struct sampler *s, const float *l, double u)
 	vec_f d[BLOCK / VEC_LEN], w[BLOCK / VEC_LEN];
 	int32_t id, last;
 	int i, j, b, n_blocks = 0;
-	float m, v;
+	float m, v, wf[BLOCK];
 
 	m = logits_max(l, n, &id);
 	if (!isfinite(m))
@@ -937,11 +948,13 @@ sample_full(struct sampler *s, const float *l, double u)
 			block_distances(l + i, m, inv_temp, d);
 			for (j = 0; j < BLOCK / VEC_LEN; j++)
 				w[j] = exp_neg_vec(d[j]);
-			sums[n_blocks] = block_sum((const float *)w);
+			memcpy(wf, w, sizeof(wf));
+			sums[n_blocks] = block_sum(wf);
 		} else {
 			sums[n_blocks] = 0;
 			for (j = i; j < n; j++)
-				sums[n_blocks] += exp_neg((m - l[j]) * inv_temp);
+				sums[n_blocks] +=
+				    exp_neg((m - l[j]) * inv_temp);
 		}
 		V += sums[n_blocks++];
 	}
@@ -960,7 +973,8 @@ sample_full(struct sampler *s, const float *l, double u)
 			if (c > t)
 				return i;
 		}
-		/* Rounding (pairwise against running sum): on to the next. */
+		/* The block sum was added pairwise, the walk in order: when
+		 * rounding leaves the walk short, go on to the next block. */
 	}
 	return last;
 }

@@ -19,7 +19,9 @@
  *	z      = mix(mix(seed) + (c + 1) * 0x9e3779b97f4a7c15)
  *	u      = (double)(z >> 11) * 0x1p-53		(in [0, 1))
  *
- *    (the c-th output of splitmix64 started from state mix(seed)).
+ *    (output number c, counting from 0, of splitmix64 started from the
+ *    state mix(seed)).  Greedy and single-candidate steps use their draw
+ *    too, so the draw of step c never depends on earlier steps.
  *
  * 1. Penalty.  W = the distinct tokens among the last repeat_last_n tokens
  *    given to sampler_accept.  For t in W (once, however often it occurs):
@@ -40,7 +42,8 @@
  *    S = sum of w_i over the candidates, in double.
  *
  * 5. top-p (top_p < 1): keep the shortest prefix whose running double sum
- *    of w (in candidate order) is >= top_p * S.
+ *    of w (in candidate order) is >= top_p * S (all, if rounding leaves
+ *    none).
  *    min-p (min_p > 0): also cut the prefix at the first candidate after
  *    the first with w_i < min_p (i.e. p_i < min_p * p_max).  The two cuts
  *    commute; the result is the shorter prefix.
@@ -69,14 +72,17 @@
  * results are bit-reproducible on the CPU.  An implementation that sums S
  * in another order can change a decision only when top_p * S lies within
  * double rounding of a boundary (about 1e-16 relative).  The float
- * expressions above must be
- * evaluated without fused multiply-add (x86-64 baseline does not fuse; on
- * targets that do, build this file with -ffp-contract=off; in CUDA use
- * __fmul_rn/__fadd_rn/__fdiv_rn).
+ * expressions above must be evaluated without fused multiply-add (x86-64
+ * without -mfma does not fuse; on targets that do, build this file with
+ * -ffp-contract=off; in CUDA use __fmul_rn/__fadd_rn/__fdiv_rn).  The
+ * logits themselves differ between backends, so equal tokens from the CPU
+ * and the GPU need equal logits first.
  *
- * Cost: greedy is one pass over the logits; top-k is one pass keeping a
- * heap of k; top-p/min-p without top-k read the logits three times and sort
- * only the tokens in the logit buckets that can be kept.
+ * Cost: greedy is one pass over the logits; top-k (up to 128) is one pass
+ * keeping a heap of k, a larger top-k counts logits in fine buckets and
+ * sorts only the buckets it needs; top-p/min-p without top-k read the
+ * logits three times and sort only the tokens in the logit buckets that
+ * can be kept; no cut at all: three passes, no sort.
  *
  * A sampler has no global state and allocates only in sampler_new; one
  * thread uses a given sampler at a time.
@@ -117,9 +123,10 @@ int	sampler_params_validate(const struct sampler_params *p,
 	    struct orcd_err *err);
 
 /* A sampler for a vocabulary of n_vocab tokens; params are copied.  Its
- * scratch memory is sized for the params: a few KB for greedy or a small
- * top_k, about 16 bytes per vocabulary entry (20 with the penalty) when
- * top_k is off. */
+ * scratch memory is sized for the params: a few KB for greedy or
+ * top_k <= 128, n_vocab / 2 bytes without any cut, else 16 bytes per
+ * vocabulary entry; the penalty adds n_vocab / 8 bytes (and n_vocab * 4
+ * where the whole vocabulary is read: no top_k or a larger one). */
 struct sampler *sampler_new(const struct sampler_params *p, int n_vocab,
 	    struct orcd_err *err);
 void	sampler_free(struct sampler *s);
@@ -127,8 +134,10 @@ void	sampler_free(struct sampler *s);
 /* Forgets the accepted tokens and restarts the draw counter at 0. */
 void	sampler_reset(struct sampler *s);
 
-/* Records a token (prompt or generated) for the repetition penalty window.
- * Ids outside [0, n_vocab) are ignored. */
+/* Records a token for the repetition penalty window: the generated ones,
+ * and the prompt's too if they should count (llama.cpp's server feeds it
+ * the prompt).  Ids outside [0, n_vocab) are ignored; with the penalty off
+ * nothing is kept. */
 void	sampler_accept(struct sampler *s, int32_t token);
 
 /* The next token for these n_vocab logits (not modified); always a valid

@@ -721,10 +721,10 @@ check_matmul(enum orcd_dtype t, int64_t n, int nr, int nc, const uint8_t *w,
 static void
 test_matmul(void **state)
 {
-	const int64_t sizes_legacy[] = { 32, 64, 96, 4096 + 256 };
+	const int64_t sizes_legacy[] = { 32, 64, 96, 160, 4096 + 256, 4096 + 256 + 96 };
 	const int64_t sizes_k[] = { 256, 512, 768, 4096 + 256 };
 	const int64_t sizes_float[] = { 1, 7, 16, 33, 96, 4096 + 256 + 5 };
-	enum { MAXN = 4096 + 256 + 5, MAXR = 9 };
+	enum { MAXN = 4608, MAXR = 9 };
 	/* Rows padded by 64 bytes: strides are not row sizes. */
 	const size_t wcap = (size_t)MAXN * 4 + 64;
 	uint8_t *w = malloc(wcap * MAXR), *a = malloc(wcap * MAXR);
@@ -739,7 +739,7 @@ test_matmul(void **state)
 		const enum orcd_dtype at = quant_vec_dot_type(t);
 		const int64_t *sizes = dtype_block_elems(t) == 1 ? sizes_float :
 		    dtype_block_elems(t) == 32 ? sizes_legacy : sizes_k;
-		const int n_sizes = dtype_block_elems(t) == 1 ? 6 : 4;
+		const int n_sizes = dtype_block_elems(t) == 256 ? 4 : 6;
 
 		for (int si = 0; si < n_sizes; si++) {
 			const int64_t n = sizes[si];

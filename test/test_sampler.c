@@ -4,8 +4,10 @@
  * probabilities, the kept ones at their renormalized frequencies within a
  * few standard deviations), temperature, the repetition penalty and its
  * window, seed determinism with pinned token sequences (so a change of
- * machine or of the code shows), parameter validation, and the per-token
- * cost at a 152k vocabulary (printed).
+ * machine or of the code shows), pinned bits of the draw number and of the
+ * exponential, every fast path against a plain implementation of the
+ * definition in sampler.h, parameter validation, and the per-token cost at
+ * a 152k vocabulary (printed).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,15 +16,17 @@
 #include <cmocka.h>
 
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "sampler.h"
 
+/* cmocka's test signature; the state is not used. */
+#define UNUSED __attribute__((unused))
+
 #define BIG_VOCAB 152064	/* Qwen2's */
-#define MID_VOCAB 4096		/* enough for the bucket paths, and quick */
+#define MID_VOCAB 4096		/* big enough for the bucket paths */
 
 /* Deterministic pseudo-random numbers for building logits (no libm, no
  * rand(): the same on every machine). */
@@ -135,7 +139,7 @@ check_frequencies(const struct sampler_params *p, const float *l, int n,
 }
 
 static void
-test_defaults_and_validation(void **state)
+test_defaults_and_validation(void **state UNUSED)
 {
 	enum field { TEMP, TOP_P, MIN_P, PENALTY, LAST_N };
 	static const struct {
@@ -219,7 +223,7 @@ test_defaults_and_validation(void **state)
 }
 
 static void
-test_uniform_and_exp(void **state)
+test_uniform_and_exp(void **state UNUSED)
 {
 	double u, sum = 0, maxerr = 0, e;
 	float d;
@@ -250,10 +254,42 @@ test_uniform_and_exp(void **state)
 	}
 	print_message("exp_neg max relative error %.3g\n", maxerr);
 	assert_true(maxerr < 3e-7);
+
+	/* The exact bits are part of the definition: a build that fuses
+	 * multiply-adds (or any other change) shows here. */
+	{
+		static const struct { float d; uint32_t bits; } pinned[] = {
+			{ 0.00030449999f, 0x3f7fec0c },
+			{ 10.8753042f, 0x379eb5da },
+			{ 21.7503052f, 0x2fc4d93e },
+			{ 76.1253052f, 0x08907284 },
+		};
+		uint32_t bits, hash = 0;
+		float f;
+
+		for (i = 0; i < 4; i++) {
+			f = sampler_exp_neg(pinned[i].d);
+			memcpy(&bits, &f, sizeof(bits));
+			if (bits != pinned[i].bits)
+				fail_msg("sampler_exp_neg(%.9g) is %08x, not "
+				    "%08x: fused multiply-add?  Build "
+				    "sampler.c with -ffp-contract=off",
+				    (double)pinned[i].d, bits, pinned[i].bits);
+		}
+		for (i = 0; i < 2000000; i++) {
+			f = sampler_exp_neg(i * 0.0000435f);
+			memcpy(&bits, &f, sizeof(bits));
+			hash ^= bits * (uint32_t)(i + 1);
+		}
+		if (hash != 0xa970a4a1)
+			fail_msg("sampler_exp_neg bits differ (hash %08x): "
+			    "fused multiply-add?  Build sampler.c with "
+			    "-ffp-contract=off", hash);
+	}
 }
 
 static void
-test_greedy(void **state)
+test_greedy(void **state UNUSED)
 {
 	struct sampler_params p;
 	struct sampler *s;
@@ -305,7 +341,7 @@ test_greedy(void **state)
 }
 
 static void
-test_top_k_one_is_greedy(void **state)
+test_top_k_one_is_greedy(void **state UNUSED)
 {
 	static const float temps[] = { 0.05f, 0.8f, 1.0f, 5.0f, 100.0f };
 	struct sampler_params p;
@@ -339,7 +375,7 @@ test_top_k_one_is_greedy(void **state)
 }
 
 static void
-test_top_k_frequencies(void **state)
+test_top_k_frequencies(void **state UNUSED)
 {
 	static const double probs[] = { 0.3, 0.2, 0.15, 0.1, 0.05 };
 	/* top_k 3: only 0, 1, 2, in proportion. */
@@ -355,7 +391,7 @@ test_top_k_frequencies(void **state)
 }
 
 static void
-test_top_p(void **state)
+test_top_p(void **state UNUSED)
 {
 	static const double probs[] = { 0.5, 0.25, 0.15, 0.06, 0.03 };
 	/* Running sums 0.5 0.75 0.9: top_p 0.8 keeps three tokens (the one
@@ -387,7 +423,7 @@ test_top_p(void **state)
 }
 
 static void
-test_min_p(void **state)
+test_min_p(void **state UNUSED)
 {
 	static const double probs[] = { 0.4, 0.3, 0.1, 0.05, 0.03, 0.02 };
 	/* min_p 0.1: p >= 0.04 kept, so 0..3; with top_p 0.75 only 0, 1. */
@@ -418,7 +454,7 @@ test_min_p(void **state)
 }
 
 static void
-test_temperature(void **state)
+test_temperature(void **state UNUSED)
 {
 	static const float temps[] = { 0.5f, 1.0f, 2.0f };
 	struct sampler_params p;
@@ -454,7 +490,7 @@ test_temperature(void **state)
 
 /* The whole vocabulary without cuts against the explicit softmax. */
 static void
-test_full_vocabulary(void **state)
+test_full_vocabulary(void **state UNUSED)
 {
 	struct sampler_params p;
 	struct sampler *full;
@@ -577,7 +613,8 @@ ref_sample_full(float temperature, const float *l, int n, double u)
 			for (j = 0; j < 16; j++)
 				v[j] = sampler_exp_neg((m - l[i + j]) * inv);
 			for (j = 0; j < 4; j++)
-				sc[j] = (v[j] + v[j + 4]) + (v[j + 8] + v[j + 12]);
+				sc[j] = (v[j] + v[j + 4]) +
+				    (v[j + 8] + v[j + 12]);
 			B[nb] = (sc[0] + sc[1]) + (sc[2] + sc[3]);
 		} else
 			for (B[nb] = 0, j = i; j < n; j++)
@@ -602,42 +639,42 @@ ref_sample_full(float temperature, const float *l, int n, double u)
 	return last;
 }
 
+static const struct {
+	int top_k;
+	float top_p, min_p, temp;
+} definition_cases[] = {
+	{ 40, 0.95f, 0.05f, 0.8f },	/* defaults, heap top-k */
+	{ 40, 1.0f, 0.0f, 1.5f },
+	{ 5, 0.5f, 0.0f, 0.3f },
+	{ 128, 0.9f, 0.1f, 1.0f },
+	{ 129, 0.9f, 0.1f, 1.0f },	/* bucket top-k */
+	{ 3000, 0.99f, 0.0f, 2.0f },
+	{ 19999, 1.0f, 0.0f, 0.7f },
+	{ 20000, 1.0f, 0.0f, 0.7f },	/* = n: no cut */
+	{ 0, 0.95f, 0.05f, 0.8f },	/* buckets: top-p and min-p */
+	{ 0, 0.9f, 0.0f, 1.0f },
+	{ 0, 0.999f, 0.0f, 1.0f },
+	{ 0, 1.0f, 0.01f, 1.3f },
+	{ 0, 1.0f, 0.0f, 1.0f },	/* no cut: id order */
+	{ 0, 1.0f, 0.0f, 0.25f },
+	{ 0, 1.0f, 0.0f, 4.0f },
+};
+
 static void
-test_matches_definition(void **state)
+check_definition(int n, int steps, float *l, struct ref_token *t)
 {
-	static const struct { int top_k; float top_p, min_p, temp; } cases[] = {
-		{ 40, 0.95f, 0.05f, 0.8f },	/* defaults, heap top-k */
-		{ 40, 1.0f, 0.0f, 1.5f },
-		{ 5, 0.5f, 0.0f, 0.3f },
-		{ 128, 0.9f, 0.1f, 1.0f },
-		{ 129, 0.9f, 0.1f, 1.0f },	/* bucket top-k */
-		{ 3000, 0.99f, 0.0f, 2.0f },
-		{ 19999, 1.0f, 0.0f, 0.7f },
-		{ 20000, 1.0f, 0.0f, 0.7f },	/* = n: no cut */
-		{ 0, 0.95f, 0.05f, 0.8f },	/* buckets: top-p and min-p */
-		{ 0, 0.9f, 0.0f, 1.0f },
-		{ 0, 0.999f, 0.0f, 1.0f },
-		{ 0, 1.0f, 0.01f, 1.3f },
-		{ 0, 1.0f, 0.0f, 1.0f },	/* no cut: id order */
-		{ 0, 1.0f, 0.0f, 0.25f },
-		{ 0, 1.0f, 0.0f, 4.0f },
-	};
-	const int n = 20000, steps = 40;
-	struct ref_token *t = malloc(n * sizeof(*t));
-	float *l = malloc(n * sizeof(*l));
 	struct sampler_params p;
 	struct sampler *s;
 	int32_t want, got;
 	size_t c;
 	int step, i;
 
-	assert_non_null(t);
-	assert_non_null(l);
-	for (c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
-		params_off(&p, cases[c].temp);
-		p.top_k = cases[c].top_k;
-		p.top_p = cases[c].top_p;
-		p.min_p = cases[c].min_p;
+	for (c = 0; c < sizeof(definition_cases) /
+	    sizeof(definition_cases[0]); c++) {
+		params_off(&p, definition_cases[c].temp);
+		p.top_k = definition_cases[c].top_k;
+		p.top_p = definition_cases[c].top_p;
+		p.min_p = definition_cases[c].min_p;
 		p.seed = 31 * c;
 		s = new_sampler(&p, n);
 		for (step = 0; step < steps; step++) {
@@ -658,17 +695,33 @@ test_matches_definition(void **state)
 			    ref_sample_sorted(&p, l, n,
 			    sampler_uniform(p.seed, step), t);
 			if (got != want)
-				fail_msg("case %zu step %d: sampled %d, the "
-				    "definition gives %d", c, step, got, want);
+				fail_msg("n %d case %zu step %d: sampled %d, "
+				    "the definition gives %d", n, c, step, got,
+				    want);
 		}
 		sampler_free(s);
 	}
+}
+
+static void
+test_matches_definition(void **state UNUSED)
+{
+	/* Sizes that are not a multiple of the blocks, and tiny ones. */
+	static const int sizes[] = { 20000, 1, 2, 15, 17, 300, 4099 };
+	struct ref_token *t = malloc(20000 * sizeof(*t));
+	float *l = malloc(20000 * sizeof(*l));
+	size_t z;
+
+	assert_non_null(t);
+	assert_non_null(l);
+	for (z = 0; z < sizeof(sizes) / sizeof(sizes[0]); z++)
+		check_definition(sizes[z], sizes[z] == 20000 ? 40 : 10, l, t);
 	free(t);
 	free(l);
 }
 
 static void
-test_penalty_semantics(void **state)
+test_penalty_semantics(void **state UNUSED)
 {
 	struct sampler_params p;
 	struct sampler *s;
@@ -730,11 +783,12 @@ test_penalty_semantics(void **state)
  * tokens one without the penalty draws from logits penalized by hand.
  */
 static void
-test_penalty_all_paths(void **state)
+test_penalty_all_paths(void **state UNUSED)
 {
 	static const struct { int top_k; float top_p, min_p, temp; } paths[] = {
 		{ 0, 1.0f, 0.0f, 0.0f },	/* greedy */
 		{ 40, 0.95f, 0.05f, 0.8f },	/* defaults: top-k */
+		{ 500, 0.95f, 0.0f, 0.8f },	/* top-k by buckets */
 		{ 0, 0.9f, 0.0f, 1.0f },	/* top-p, buckets */
 		{ 0, 1.0f, 0.02f, 1.2f },	/* min-p, buckets */
 		{ 0, 1.0f, 0.0f, 1.0f },	/* whole vocabulary */
@@ -743,11 +797,13 @@ test_penalty_all_paths(void **state)
 	struct sampler_params p, q;
 	struct sampler *with, *by_hand;
 	float *l = malloc(n * sizeof(*l)), *pl = malloc(n * sizeof(*pl));
+	float *orig = malloc(n * sizeof(*orig));
 	int32_t hist[200];
 	int k, i, j, step, a, b, n_hist;
 
 	assert_non_null(l);
 	assert_non_null(pl);
+	assert_non_null(orig);
 	for (k = 0; k < (int)(sizeof(paths) / sizeof(paths[0])); k++) {
 		params_off(&p, paths[k].temp);
 		p.top_k = paths[k].top_k;
@@ -781,8 +837,11 @@ test_penalty_all_paths(void **state)
 				    pl[hist[i % 200]] / 1.3f :
 				    pl[hist[i % 200]] * 1.3f;
 			}
+			memcpy(orig, l, n * sizeof(*l));
 			a = sampler_sample(with, l);
 			b = sampler_sample(by_hand, pl);
+			/* The logits are read only. */
+			assert_memory_equal(orig, l, n * sizeof(*l));
 			if (a != b)
 				fail_msg("path %d step %d: %d != %d", k, step,
 				    a, b);
@@ -794,6 +853,7 @@ test_penalty_all_paths(void **state)
 	}
 	free(l);
 	free(pl);
+	free(orig);
 }
 
 /* Default params on a fixed logits sequence: the first tokens of seed 0,
@@ -820,7 +880,7 @@ run_sequence(const struct sampler_params *p, int n, int32_t *out, int len)
 }
 
 static void
-test_seed_determinism(void **state)
+test_seed_determinism(void **state UNUSED)
 {
 	enum { LEN = 40 };
 	/* Seed 42, repeat penalty 1.1, per path. */
@@ -898,9 +958,14 @@ now_us(void)
 	return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
 }
 
-/* Per-token cost at 152k: printed, not asserted (machines differ). */
+/*
+ * Per-token cost at 152k: printed, not asserted (machines differ).  Two
+ * kinds of logits: "peaked" like most LLM steps (a few tokens hold most of
+ * the mass), and "flat" (fill_logits: the body of the vocabulary holds
+ * most of it, so top-p alone keeps a large part of the vocabulary).
+ */
 static void
-test_cost(void **state)
+test_cost(void **state UNUSED)
 {
 	static const struct {
 		const char *name;
@@ -919,19 +984,28 @@ test_cost(void **state)
 		{ "temperature only", 0, 1.0f, 0.0f, 0.8f, 1.0f },
 		{ "temperature only + repeat", 0, 1.0f, 0.0f, 0.8f, 1.1f },
 	};
-	enum { N_LOGITS = 8, ROUNDS = 200 };
+	enum { N_LOGITS = 8, ROUNDS = 100 };
 	struct sampler_params p;
 	struct sampler *s;
-	float *l[N_LOGITS];
-	double t0, t;
+	float *l[2][N_LOGITS];
+	double t0, t[2];
 	size_t c;
-	int i;
+	int i, j, shape;
 
 	for (i = 0; i < N_LOGITS; i++) {
-		l[i] = malloc(BIG_VOCAB * sizeof(*l[i]));
-		assert_non_null(l[i]);
-		fill_logits(l[i], BIG_VOCAB, 900 + i);
+		for (shape = 0; shape < 2; shape++) {
+			l[shape][i] = malloc(BIG_VOCAB * sizeof(*l[0][i]));
+			assert_non_null(l[shape][i]);
+		}
+		fill_logits(l[1][i], BIG_VOCAB, 900 + i);
+		for (j = 0; j < BIG_VOCAB; j++)
+			l[0][i][j] = 2.0f * test_normal(i * 1000003 + j);
+		for (j = 0; j < 16; j++)
+			l[0][i][test_hash(i + 77 * j) % BIG_VOCAB] +=
+			    16.0f - 1.2f * j;
 	}
+	print_message("sampler cost at vocab %d, us/token: %8s %8s\n",
+	    BIG_VOCAB, "peaked", "flat");
 	for (c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
 		sampler_params_default(&p);
 		p.top_k = cases[c].top_k;
@@ -939,20 +1013,25 @@ test_cost(void **state)
 		p.min_p = cases[c].min_p;
 		p.temperature = cases[c].temp;
 		p.repeat_penalty = cases[c].penalty;
-		s = new_sampler(&p, BIG_VOCAB);
-		for (i = 0; i < 64; i++)
-			sampler_accept(s, (int32_t)(test_hash(i) % BIG_VOCAB));
-		sampler_sample(s, l[0]);
-		t0 = now_us();
-		for (i = 0; i < ROUNDS; i++)
-			sampler_sample(s, l[i % N_LOGITS]);
-		t = (now_us() - t0) / ROUNDS;
-		print_message("sampler cost, vocab %d, %-34s %8.1f us/token\n",
-		    BIG_VOCAB, cases[c].name, t);
-		sampler_free(s);
+		for (shape = 0; shape < 2; shape++) {
+			s = new_sampler(&p, BIG_VOCAB);
+			for (i = 0; i < 64; i++)
+				sampler_accept(s,
+				    (int32_t)(test_hash(i) % BIG_VOCAB));
+			sampler_sample(s, l[shape][0]);
+			t0 = now_us();
+			for (i = 0; i < ROUNDS; i++)
+				sampler_sample(s, l[shape][i % N_LOGITS]);
+			t[shape] = (now_us() - t0) / ROUNDS;
+			sampler_free(s);
+		}
+		print_message("  %-38s %8.1f %8.1f\n", cases[c].name, t[0],
+		    t[1]);
 	}
-	for (i = 0; i < N_LOGITS; i++)
-		free(l[i]);
+	for (i = 0; i < N_LOGITS; i++) {
+		free(l[0][i]);
+		free(l[1][i]);
+	}
 }
 
 int

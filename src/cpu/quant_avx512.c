@@ -14,6 +14,7 @@
  */
 #include <immintrin.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cpu/quant_impl.h"
@@ -29,6 +30,8 @@ struct mm_args {
 	float *out;
 	size_t ldo;
 	const uint8_t *pack;	/* packed activation columns (quantized types) */
+	int64_t u0, u1;		/* the k range, in kernel units, of this pass */
+	int accumulate;		/* add into out instead of storing */
 };
 
 /* An R x C tile at rows r0.., columns c0.. (float types), or one row r0
@@ -65,19 +68,34 @@ mm_drive(const struct mm_args *p, int nr, int nc, mm_tile_fn *const tiles[4][4])
 /* Packed activations up to this size live on the stack. */
 #define MM_PACK_STACK (24 * 1024)
 #define MM_PACK_COLS 8
+/* Weight rows per block, and activation bytes per k-chunk, of a GEMM. */
+#define MM_ROW_BLOCK_BYTES (256 * 1024)
+#define MM_L1_BUDGET (16 * 1024)
 
 /*
  * Quantized weight types: the activation columns are packed 8 at a time
  * into the layout the kernels load directly (pack_bytes per column), then
- * every weight row streams past them once, one row at a time.
+ * every weight row streams past them, one row at a time: interleaving
+ * several rows' streams costs half the memory bandwidth on the machines
+ * measured.
+ *
+ * With several columns (compute-bound) the work is blocked for the
+ * caches instead: rows in blocks that stay in L2 while every column tile
+ * passes over them, and the k range in chunks whose activations stay in
+ * L1 (unit_col_bytes: activation bytes one column reads per unit of
+ * unit_elems elements); the row kernels then add into out, and where
+ * rows2 is given they take two rows at a time.
  */
 static void
 mm_drive_packed(struct mm_args *p, int nr, int nc, mm_tile_fn *const rows[8],
-    mm_pack_fn *pack, size_t pack_bytes, quant_matmul_fn *fallback)
+    mm_tile_fn *const rows2[8], mm_pack_fn *pack, size_t pack_bytes, int64_t unit_elems,
+    size_t unit_col_bytes, quant_matmul_fn *fallback)
 {
 	_Alignas(64) uint8_t stack[MM_PACK_STACK];
 	const size_t need = pack_bytes * (size_t)(nc < MM_PACK_COLS ? nc : MM_PACK_COLS);
+	const int64_t nu = (p->n + unit_elems - 1) / unit_elems;
 	uint8_t *buf = stack, *heap = NULL;
+	int rb = nr;
 
 	if (need > sizeof(stack)) {
 		heap = aligned_alloc(64, (need + 63) & ~(size_t)63);
@@ -87,13 +105,39 @@ mm_drive_packed(struct mm_args *p, int nr, int nc, mm_tile_fn *const rows[8],
 		}
 		buf = heap;
 	}
-	for (int c0 = 0; c0 < nc; c0 += MM_PACK_COLS) {
-		const int C = nc - c0 < MM_PACK_COLS ? nc - c0 : MM_PACK_COLS;
+	const int blocked = nc >= 4;
+	if (blocked) {
+		rb = (int)(MM_ROW_BLOCK_BYTES / (p->ws != 0 ? p->ws : 1));
+		rb = rb < 1 ? 1 : rb > nr ? nr : rb;
+	}
+	for (int r0 = 0; r0 < nr; r0 += rb) {
+		const int re = nr - r0 < rb ? nr : r0 + rb;
 
-		pack(p, c0, C, buf);
-		p->pack = buf;
-		for (int r = 0; r < nr; r++)
-			rows[C - 1](p, r, c0);
+		for (int c0 = 0; c0 < nc; c0 += MM_PACK_COLS) {
+			const int C = nc - c0 < MM_PACK_COLS ? nc - c0 : MM_PACK_COLS;
+			int64_t ku = nu;
+
+			if (blocked) {
+				ku = (int64_t)(MM_L1_BUDGET / ((size_t)C * unit_col_bytes));
+				ku = ku < 1 ? 1 : ku > nu ? nu : ku;
+			}
+			pack(p, c0, C, buf);
+			p->pack = buf;
+			for (int64_t u0 = 0; u0 < nu; u0 += ku) {
+				p->u0 = u0;
+				p->u1 = nu - u0 < ku ? nu : u0 + ku;
+				p->accumulate = u0 > 0;
+				int r = r0;
+
+				/* Rows from L2 may go two at a time, sharing the
+				 * activation loads. */
+				if (blocked && rows2 != NULL)
+					for (; r + 2 <= re; r += 2)
+						rows2[C - 1](p, r, c0);
+				for (; r < re; r++)
+					rows[C - 1](p, r, c0);
+			}
+		}
 	}
 	free(heap);
 }
@@ -118,6 +162,24 @@ mm_drive_packed(struct mm_args *p, int nr, int nc, mm_tile_fn *const rows[8],
 	name##_##R##x##C(const struct mm_args *p, int r0, int c0)	\
 	{								\
 		body(p, r0, c0, R, C);					\
+	}
+
+/* Kernels for two rows against C = 1..8 packed columns. */
+#define MM_ROW2_SET(name, body) MM_ROW2_SET_(name, body)
+#define MM_ROW2_SET_(name, body)					\
+	MM_ROW2_ONE(name, body, 1) MM_ROW2_ONE(name, body, 2)		\
+	MM_ROW2_ONE(name, body, 3) MM_ROW2_ONE(name, body, 4)		\
+	MM_ROW2_ONE(name, body, 5) MM_ROW2_ONE(name, body, 6)		\
+	MM_ROW2_ONE(name, body, 7) MM_ROW2_ONE(name, body, 8)		\
+	static mm_tile_fn *const name##_rows2[8] = {			\
+		name##_r2c1, name##_r2c2, name##_r2c3, name##_r2c4,	\
+		name##_r2c5, name##_r2c6, name##_r2c7, name##_r2c8,	\
+	};
+#define MM_ROW2_ONE(name, body, C)					\
+	static void							\
+	name##_r2c##C(const struct mm_args *p, int r, int c0)		\
+	{								\
+		body(p, r, c0, 2, C);					\
 	}
 
 /* Row kernels for C = 1..8 packed columns, and their table. */
@@ -182,17 +244,19 @@ QUANT_INLINE void
 store_row(const struct mm_args *p, int r, int c0, int C, const __m512 *acc)
 {
 	float *o = p->out + (size_t)c0 * p->ldo + r;
+	float s[MM_PACK_COLS];
 	int c = 0;
 
-	for (; c + 4 <= C; c += 4) {
-		float s[4];
-
-		_mm_storeu_ps(s, hsum4(acc[c], acc[c + 1], acc[c + 2], acc[c + 3]));
-		for (int k = 0; k < 4; k++)
-			o[(size_t)(c + k) * p->ldo] = s[k];
-	}
+	for (; c + 4 <= C; c += 4)
+		_mm_storeu_ps(s + c, hsum4(acc[c], acc[c + 1], acc[c + 2], acc[c + 3]));
 	for (; c < C; c++)
-		o[(size_t)c * p->ldo] = _mm512_reduce_add_ps(acc[c]);
+		s[c] = _mm512_reduce_add_ps(acc[c]);
+	for (c = 0; c < C; c++) {
+		if (p->accumulate)
+			o[(size_t)c * p->ldo] += s[c];
+		else
+			o[(size_t)c * p->ldo] = s[c];
+	}
 }
 
 /* [h0 x 8, h1 x 8] as floats. */
@@ -231,6 +295,37 @@ load_u32(const uint8_t *p)
 
 	memcpy(&v, p, sizeof(v));
 	return v;
+}
+
+/* 16 bytes at p + k * stride in 128-bit lane k, k = 0..3. */
+QUANT_INLINE __m512i
+load4x128(const uint8_t *p, int stride)
+{
+	__m512i z = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)p));
+
+	z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(p + stride)), 1);
+	z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(p + 2 * stride)), 2);
+	return _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(p + 3 * stride)), 3);
+}
+
+/*
+ * The fp16 at p + k * stride (k = 0..3) as floats in 128-bit lane k; with
+ * once, only in the first float of each lane (a per-block term).
+ */
+QUANT_INLINE __m512
+scales4(const uint8_t *p, int stride, int once)
+{
+	const uint64_t h = (uint64_t)load_u16(p) |
+	    (uint64_t)load_u16(p + stride) << 16 |
+	    (uint64_t)load_u16(p + 2 * stride) << 32 |
+	    (uint64_t)load_u16(p + 3 * stride) << 48;
+	const __m512 f = _mm512_castps128_ps512(_mm_cvtph_ps(
+	    _mm_cvtsi64_si128((long long)h)));
+	const __m512i idx = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1,
+	    0, 0, 0, 0);
+
+	return once ? _mm512_maskz_permutexvar_ps(0x1111, idx, f) :
+	    _mm512_permutexvar_ps(idx, f);
 }
 
 /*
@@ -449,6 +544,25 @@ float_tile(int ft, const struct mm_args *p, int r0, int c0, int R, int C)
 #pragma GCC unroll 4
 		for (int c = 0; c < C; c++)
 			acc[r][c] = _mm512_setzero_ps();
+	if (R == 1 && C == 1) {
+		/* A lone dot product: four chains hide the FMA latency. */
+		const uint8_t *w = p->w + (size_t)r0 * p->ws;
+		const uint8_t *a = p->a + (size_t)c0 * p->as;
+		__m512 e1 = _mm512_setzero_ps(), e2 = e1, e3 = e1;
+
+		for (; k + 64 <= p->n; k += 64) {
+			acc[0][0] = _mm512_fmadd_ps(float_load(ft, w, k, 0, 0),
+			    float_load(ft, a, k, 0, 0), acc[0][0]);
+			e1 = _mm512_fmadd_ps(float_load(ft, w, k + 16, 0, 0),
+			    float_load(ft, a, k + 16, 0, 0), e1);
+			e2 = _mm512_fmadd_ps(float_load(ft, w, k + 32, 0, 0),
+			    float_load(ft, a, k + 32, 0, 0), e2);
+			e3 = _mm512_fmadd_ps(float_load(ft, w, k + 48, 0, 0),
+			    float_load(ft, a, k + 48, 0, 0), e3);
+		}
+		acc[0][0] = _mm512_add_ps(_mm512_add_ps(acc[0][0], e1),
+		    _mm512_add_ps(e2, e3));
+	}
 	for (; k + 16 <= p->n; k += 16)
 		float_step(ft, p, r0, c0, R, C, k, 0, 0, acc);
 	if (k < p->n)
@@ -464,19 +578,34 @@ MM_TILE_SET(f32_avx512, F32_TILE)
 MM_TILE_SET(f16_avx512, F16_TILE)
 MM_TILE_SET(bf16_avx512, BF16_TILE)
 
-#define MM_ENTRY(name, tiles, rt, ct)					\
+#define MM_FLOAT_ENTRY(name, tiles)					\
 static void								\
 name(int64_t n, const void *w, size_t w_stride, int nr, const void *a,	\
     size_t a_stride, int nc, float *out, size_t ldo)			\
 {									\
-	const struct mm_args p = { n, w, w_stride, a, a_stride, out, ldo }; \
+	const struct mm_args p = { n, w, w_stride, a, a_stride, out, ldo, \
+	    NULL, 0, 0, 0 };						\
 									\
-	mm_drive(&p, nr, nc, tiles, rt, ct);				\
+	mm_drive(&p, nr, nc, tiles);					\
 }
 
-MM_ENTRY(matmul_f32_avx512, f32_avx512_tiles, 4, 4)
-MM_ENTRY(matmul_f16_avx512, f16_avx512_tiles, 4, 4)
-MM_ENTRY(matmul_bf16_avx512, bf16_avx512_tiles, 4, 4)
+MM_FLOAT_ENTRY(matmul_f32_avx512, f32_avx512_tiles)
+MM_FLOAT_ENTRY(matmul_f16_avx512, f16_avx512_tiles)
+MM_FLOAT_ENTRY(matmul_bf16_avx512, bf16_avx512_tiles)
+
+/* Quantized types: pack, then rows (fallback: the scalar kernel). */
+#define MM_PACKED_ENTRY(name, rows, rows2, pack, pack_bytes, unit_elems, \
+    unit_col_bytes, fallback)						\
+static void								\
+name(int64_t n, const void *w, size_t w_stride, int nr, const void *a,	\
+    size_t a_stride, int nc, float *out, size_t ldo)			\
+{									\
+	struct mm_args p = { n, w, w_stride, a, a_stride, out, ldo,	\
+	    NULL, 0, 0, 0 };						\
+									\
+	mm_drive_packed(&p, nr, nc, rows, rows2, pack, pack_bytes, unit_elems, \
+	    unit_col_bytes, fallback);					\
+}
 
 /* ------------------------------------------------- integer weight types */
 
