@@ -6,8 +6,14 @@
  * the GFLOP/s of nc = 128.  Times include quantizing the activation rows,
  * as a forward pass pays for it.  Not run by make check.
  *
+ * With QUANT_BENCH_THREADS=N the GEMVs also run on N threads (rows split
+ * evenly, a spinning barrier per call), to see the memory-bound rate of a
+ * whole machine.
+ *
  * usage: quant-bench [isa ...]   (default: every kernel set this CPU has)
  */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,6 +85,98 @@ time_matmul(enum orcd_dtype t, int64_t n, uint8_t *const *w, int copies,
 	return best;
 }
 
+/* The threaded GEMV: workers spin on a generation counter. */
+struct mt {
+	enum orcd_dtype t;
+	int64_t n;
+	uint8_t *const *w;
+	int copies;
+	size_t ws;
+	int nr;
+	const uint8_t *a;
+	float *out;
+	int nthreads;
+	atomic_int go;		/* generation to run, -1 to exit */
+	atomic_int done;	/* workers finished with the generation */
+};
+
+struct mt_arg {
+	struct mt *m;
+	int id;
+	int copy;
+};
+
+static void
+mt_part(struct mt *m, int id, int copy)
+{
+	const int per = (m->nr + m->nthreads - 1) / m->nthreads;
+	const int r0 = id * per;
+	const int nr = m->nr - r0 < per ? m->nr - r0 : per;
+
+	if (nr > 0)
+		quant_matmul(m->t, m->n, m->w[copy] + (size_t)r0 * m->ws, m->ws, nr,
+		    m->a, 0, 1, m->out + r0, (size_t)m->nr);
+}
+
+static void *
+mt_worker(void *arg)
+{
+	struct mt_arg *ma = arg;
+	struct mt *m = ma->m;
+	int seen = 0;
+
+	for (;;) {
+		int g;
+
+		while ((g = atomic_load(&m->go)) == seen)
+			;
+		if (g < 0)
+			return NULL;
+		seen = g;
+		mt_part(m, ma->id, g % m->copies);
+		atomic_fetch_add(&m->done, 1);
+	}
+}
+
+/* Seconds per threaded GEMV over the ring of copies (best of 7). */
+static double
+time_gemv_mt(struct mt *m)
+{
+	pthread_t th[64];
+	struct mt_arg args[64];
+	double best = 1e30;
+	int gen = 0;
+
+	atomic_store(&m->go, 0);
+	for (int i = 1; i < m->nthreads; i++) {
+		args[i].m = m;
+		args[i].id = i;
+		pthread_create(&th[i], NULL, mt_worker, &args[i]);
+	}
+	for (int trial = 0; trial < 7; trial++) {
+		const double t0 = now();
+		int iters = 0;
+		double el;
+
+		do {
+			gen++;
+			atomic_store(&m->done, 0);
+			atomic_store(&m->go, gen);
+			mt_part(m, 0, gen % m->copies);
+			while (atomic_load(&m->done) != m->nthreads - 1)
+				;
+			iters++;
+			el = now() - t0;
+		} while (el < 0.1);
+		if (el / iters < best)
+			best = el / iters;
+	}
+	atomic_store(&m->go, -1);
+	for (int i = 1; i < m->nthreads; i++)
+		pthread_join(th[i], NULL);
+	return best;
+}
+
 static void
 bench_one(const struct bench_case *bc)
 {
@@ -117,10 +215,21 @@ bench_one(const struct bench_case *bc)
 	const double gemm = time_matmul(t, n, w, 1, ws, nr, x, a, as, ncol, out);
 
 	printf("%-10s %-5s %5dx%-5lld  gemv hot %7.1f us %6.1f GB/s"
-	    "  cold %7.1f us %6.1f GB/s  nc=%d %8.0f us %6.1f GFLOP/s\n",
+	    "  cold %7.1f us %6.1f GB/s  nc=%d %8.0f us %6.1f GFLOP/s",
 	    quant_isa(), dtype_name(t), nr, (long long)n, hot * 1e6,
 	    (double)mat / hot / 1e9, cold * 1e6, (double)mat / cold / 1e9, ncol,
 	    gemm * 1e6, 2.0 * nr * (double)n * ncol / gemm / 1e9);
+	const char *th = getenv("QUANT_BENCH_THREADS");
+	if (th != NULL && atoi(th) > 1 && atoi(th) <= 64) {
+		struct mt m = { .t = t, .n = n, .w = w, .copies = copies, .ws = ws,
+		    .nr = nr, .a = a, .out = out, .nthreads = atoi(th) };
+
+		quant_quantize_row(at, x, a, n);
+		const double mt = time_gemv_mt(&m);
+		printf("  %d threads cold %7.1f us %6.1f GB/s", m.nthreads, mt * 1e6,
+		    (double)mat / mt / 1e9);
+	}
+	printf("\n");
 	fflush(stdout);
 	for (int i = 0; i < copies; i++)
 		free(w[i]);

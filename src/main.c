@@ -7,6 +7,7 @@
 #include "config.h"
 #include "cpu/quant.h"
 #include "generate.h"
+#include "serve.h"
 
 static void
 usage(FILE *f)
@@ -15,6 +16,8 @@ usage(FILE *f)
 	    "usage: orcd COMMAND [options]\n"
 	    "\n"
 	    "commands:\n"
+	    "  serve      the HTTP/SSE server (the default: `orcd [options]` = serve)\n"
+	    "             (orcd serve --help for options)\n"
 	    "  generate   run one prompt on the CPU engine and print the text\n"
 	    "             (orcd generate --help for options)\n"
 	    "  version    print the version and the CPU kernels in use\n"
@@ -25,13 +28,25 @@ usage(FILE *f)
 int
 main(int argc, char **argv)
 {
-	if (argc < 2) {
-		usage(stderr);
-		return 2;
+	static char serve_arg[] = "serve";
+
+	if (argc < 2 || argv[1][0] == '-') {
+		if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+			usage(stdout);
+			return 0;
+		}
+		if (argc >= 2 && strcmp(argv[1], "--version") == 0)
+			goto version;
+		/* `orcd [options]` is `orcd serve [options]` */
+		argv[0] = serve_arg;
+		return serve_main(argc, argv);
 	}
+	if (strcmp(argv[1], "serve") == 0)
+		return serve_main(argc - 1, argv + 1);
 	if (strcmp(argv[1], "generate") == 0)
 		return generate_main(argc - 1, argv + 1);
-	if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0) {
+	if (strcmp(argv[1], "version") == 0) {
+version:
 		quant_init();
 		printf("orcd %s (CPU kernels: %s; CUDA backend: %s)\n", PACKAGE_VERSION,
 		    quant_isa(),
@@ -43,8 +58,7 @@ main(int argc, char **argv)
 		    );
 		return 0;
 	}
-	if (strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 ||
-	    strcmp(argv[1], "-h") == 0) {
+	if (strcmp(argv[1], "help") == 0) {
 		usage(stdout);
 		return 0;
 	}

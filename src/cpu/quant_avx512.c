@@ -19,186 +19,6 @@
 
 #include "cpu/quant_impl.h"
 
-#define QUANT_INLINE static inline __attribute__((always_inline))
-
-struct mm_args {
-	int64_t n;
-	const uint8_t *w;
-	size_t ws;
-	const uint8_t *a;
-	size_t as;
-	float *out;
-	size_t ldo;
-	const uint8_t *pack;	/* packed activation columns (quantized types) */
-	int64_t u0, u1;		/* the k range, in kernel units, of this pass */
-	int accumulate;		/* add into out instead of storing */
-};
-
-/* An R x C tile at rows r0.., columns c0.. (float types), or one row r0
- * against the C packed columns starting at c0 (quantized types). */
-typedef void mm_tile_fn(const struct mm_args *p, int r0, int c0);
-typedef void mm_pack_fn(const struct mm_args *p, int c0, int C, uint8_t *pack);
-
-/*
- * Float weight types: rows in steps of 4 (1 when there are only one or
- * two columns, so that the weights are read as one sequential stream:
- * interleaving several rows' streams costs half the memory bandwidth on
- * the machines measured), columns in steps of 4.
- */
-static void
-mm_drive(const struct mm_args *p, int nr, int nc, mm_tile_fn *const tiles[4][4])
-{
-	const int rstep = nc <= 2 ? 1 : 4;
-
-	for (int cg = 0; cg < nc; cg += 64) {	/* 64 columns stay in L2 */
-		const int ce = nc - cg > 64 ? cg + 64 : nc;
-
-		for (int r0 = 0; r0 < nr; r0 += rstep) {
-			const int R = nr - r0 < rstep ? nr - r0 : rstep;
-
-			for (int c0 = cg; c0 < ce; c0 += 4) {
-				const int C = ce - c0 < 4 ? ce - c0 : 4;
-
-				tiles[R - 1][C - 1](p, r0, c0);
-			}
-		}
-	}
-}
-
-/* Packed activations up to this size live on the stack. */
-#define MM_PACK_STACK (24 * 1024)
-#define MM_PACK_COLS 8
-/* Weight rows per block, and activation bytes per k-chunk, of a GEMM. */
-#define MM_ROW_BLOCK_BYTES (256 * 1024)
-#define MM_L1_BUDGET (16 * 1024)
-
-/*
- * Quantized weight types: the activation columns are packed 8 at a time
- * into the layout the kernels load directly (pack_bytes per column), then
- * every weight row streams past them, one row at a time: interleaving
- * several rows' streams costs half the memory bandwidth on the machines
- * measured.
- *
- * With several columns (compute-bound) the work is blocked for the
- * caches instead: rows in blocks that stay in L2 while every column tile
- * passes over them, and the k range in chunks whose activations stay in
- * L1 (unit_col_bytes: activation bytes one column reads per unit of
- * unit_elems elements); the row kernels then add into out, and where
- * rows2 is given they take two rows at a time.
- */
-static void
-mm_drive_packed(struct mm_args *p, int nr, int nc, mm_tile_fn *const rows[8],
-    mm_tile_fn *const rows2[8], mm_pack_fn *pack, size_t pack_bytes, int64_t unit_elems,
-    size_t unit_col_bytes, quant_matmul_fn *fallback)
-{
-	_Alignas(64) uint8_t stack[MM_PACK_STACK];
-	const size_t need = pack_bytes * (size_t)(nc < MM_PACK_COLS ? nc : MM_PACK_COLS);
-	const int64_t nu = (p->n + unit_elems - 1) / unit_elems;
-	uint8_t *buf = stack, *heap = NULL;
-	int rb = nr;
-
-	if (need > sizeof(stack)) {
-		heap = aligned_alloc(64, (need + 63) & ~(size_t)63);
-		if (heap == NULL) {
-			fallback(p->n, p->w, p->ws, nr, p->a, p->as, nc, p->out, p->ldo);
-			return;
-		}
-		buf = heap;
-	}
-	const int blocked = nc >= 4;
-	if (blocked) {
-		rb = (int)(MM_ROW_BLOCK_BYTES / (p->ws != 0 ? p->ws : 1));
-		rb = rb < 1 ? 1 : rb > nr ? nr : rb;
-	}
-	for (int r0 = 0; r0 < nr; r0 += rb) {
-		const int re = nr - r0 < rb ? nr : r0 + rb;
-
-		for (int c0 = 0; c0 < nc; c0 += MM_PACK_COLS) {
-			const int C = nc - c0 < MM_PACK_COLS ? nc - c0 : MM_PACK_COLS;
-			int64_t ku = nu;
-
-			if (blocked) {
-				ku = (int64_t)(MM_L1_BUDGET / ((size_t)C * unit_col_bytes));
-				ku = ku < 1 ? 1 : ku > nu ? nu : ku;
-			}
-			pack(p, c0, C, buf);
-			p->pack = buf;
-			for (int64_t u0 = 0; u0 < nu; u0 += ku) {
-				p->u0 = u0;
-				p->u1 = nu - u0 < ku ? nu : u0 + ku;
-				p->accumulate = u0 > 0;
-				int r = r0;
-
-				/* Rows from L2 may go two at a time, sharing the
-				 * activation loads. */
-				if (blocked && rows2 != NULL)
-					for (; r + 2 <= re; r += 2)
-						rows2[C - 1](p, r, c0);
-				for (; r < re; r++)
-					rows[C - 1](p, r, c0);
-			}
-		}
-	}
-	free(heap);
-}
-
-/* Instantiates tile functions for every R, C in 1..4 and their table
- * (the extra level expands a macro-built name before pasting). */
-#define MM_TILE_SET(name, body) MM_TILE_SET_(name, body)
-#define MM_TILE_SET_(name, body)					\
-	MM_TILE_ROW(name, body, 1) MM_TILE_ROW(name, body, 2)		\
-	MM_TILE_ROW(name, body, 3) MM_TILE_ROW(name, body, 4)		\
-	static mm_tile_fn *const name##_tiles[4][4] = {			\
-		{ name##_1x1, name##_1x2, name##_1x3, name##_1x4 },	\
-		{ name##_2x1, name##_2x2, name##_2x3, name##_2x4 },	\
-		{ name##_3x1, name##_3x2, name##_3x3, name##_3x4 },	\
-		{ name##_4x1, name##_4x2, name##_4x3, name##_4x4 },	\
-	};
-#define MM_TILE_ROW(name, body, R)					\
-	MM_TILE_ONE(name, body, R, 1) MM_TILE_ONE(name, body, R, 2)	\
-	MM_TILE_ONE(name, body, R, 3) MM_TILE_ONE(name, body, R, 4)
-#define MM_TILE_ONE(name, body, R, C)					\
-	static void							\
-	name##_##R##x##C(const struct mm_args *p, int r0, int c0)	\
-	{								\
-		body(p, r0, c0, R, C);					\
-	}
-
-/* Kernels for two rows against C = 1..8 packed columns. */
-#define MM_ROW2_SET(name, body) MM_ROW2_SET_(name, body)
-#define MM_ROW2_SET_(name, body)					\
-	MM_ROW2_ONE(name, body, 1) MM_ROW2_ONE(name, body, 2)		\
-	MM_ROW2_ONE(name, body, 3) MM_ROW2_ONE(name, body, 4)		\
-	MM_ROW2_ONE(name, body, 5) MM_ROW2_ONE(name, body, 6)		\
-	MM_ROW2_ONE(name, body, 7) MM_ROW2_ONE(name, body, 8)		\
-	static mm_tile_fn *const name##_rows2[8] = {			\
-		name##_r2c1, name##_r2c2, name##_r2c3, name##_r2c4,	\
-		name##_r2c5, name##_r2c6, name##_r2c7, name##_r2c8,	\
-	};
-#define MM_ROW2_ONE(name, body, C)					\
-	static void							\
-	name##_r2c##C(const struct mm_args *p, int r, int c0)		\
-	{								\
-		body(p, r, c0, 2, C);					\
-	}
-
-/* Row kernels for C = 1..8 packed columns, and their table. */
-#define MM_ROW_SET(name, body) MM_ROW_SET_(name, body)
-#define MM_ROW_SET_(name, body)						\
-	MM_ROW_ONE(name, body, 1) MM_ROW_ONE(name, body, 2)		\
-	MM_ROW_ONE(name, body, 3) MM_ROW_ONE(name, body, 4)		\
-	MM_ROW_ONE(name, body, 5) MM_ROW_ONE(name, body, 6)		\
-	MM_ROW_ONE(name, body, 7) MM_ROW_ONE(name, body, 8)		\
-	static mm_tile_fn *const name##_rows[8] = {			\
-		name##_c1, name##_c2, name##_c3, name##_c4,		\
-		name##_c5, name##_c6, name##_c7, name##_c8,		\
-	};
-#define MM_ROW_ONE(name, body, C)					\
-	static void							\
-	name##_c##C(const struct mm_args *p, int r, int c0)		\
-	{								\
-		body(p, r, c0, C);					\
-	}
 
 /* ------------------------------------------------------------ helpers */
 
@@ -297,6 +117,14 @@ load_u32(const uint8_t *p)
 	return v;
 }
 
+/* One fp16 to float with the F16C instruction (same result as
+ * quant_half_to_float, without its branches). */
+static inline float
+half_f16c(uint16_t h)
+{
+	return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
+}
+
 /* 16 bytes at p + k * stride in 128-bit lane k, k = 0..3. */
 QUANT_INLINE __m512i
 load4x128(const uint8_t *p, int stride)
@@ -357,17 +185,16 @@ bytes2(const uint8_t *q0, const uint8_t *q1, int two)
 	    _mm256_loadu_si256((const __m256i *)q1), 1);
 }
 
-/* Q4_K / Q5_K: the 8 scales and 8 mins of a super-block as int16. */
-QUANT_INLINE __m256i
-k_scales_mins(const uint8_t *s)
+/* Q4_K / Q5_K: the 8 scales and 8 mins of a super-block, as bytes. */
+QUANT_INLINE __m128i
+k_scale_min_bytes(const uint8_t *s)
 {
 	const uint32_t x0 = load_u32(s), x1 = load_u32(s + 4), x2 = load_u32(s + 8);
 	const uint32_t sc_lo = x0 & 0x3f3f3f3f, m_lo = x1 & 0x3f3f3f3f;
 	const uint32_t sc_hi = (x2 & 0x0f0f0f0f) | ((x0 >> 2) & 0x30303030);
 	const uint32_t m_hi = ((x2 >> 4) & 0x0f0f0f0f) | ((x1 >> 2) & 0x30303030);
 
-	return _mm256_cvtepu8_epi16(_mm_set_epi32((int)m_hi, (int)m_lo,
-	    (int)sc_hi, (int)sc_lo));
+	return _mm_set_epi32((int)m_hi, (int)m_lo, (int)sc_hi, (int)sc_lo);
 }
 
 /* ------------------------------------------------- activation quantizers */
@@ -578,34 +405,9 @@ MM_TILE_SET(f32_avx512, F32_TILE)
 MM_TILE_SET(f16_avx512, F16_TILE)
 MM_TILE_SET(bf16_avx512, BF16_TILE)
 
-#define MM_FLOAT_ENTRY(name, tiles)					\
-static void								\
-name(int64_t n, const void *w, size_t w_stride, int nr, const void *a,	\
-    size_t a_stride, int nc, float *out, size_t ldo)			\
-{									\
-	const struct mm_args p = { n, w, w_stride, a, a_stride, out, ldo, \
-	    NULL, 0, 0, 0 };						\
-									\
-	mm_drive(&p, nr, nc, tiles);					\
-}
-
-MM_FLOAT_ENTRY(matmul_f32_avx512, f32_avx512_tiles)
-MM_FLOAT_ENTRY(matmul_f16_avx512, f16_avx512_tiles)
-MM_FLOAT_ENTRY(matmul_bf16_avx512, bf16_avx512_tiles)
-
-/* Quantized types: pack, then rows (fallback: the scalar kernel). */
-#define MM_PACKED_ENTRY(name, rows, rows2, pack, pack_bytes, unit_elems, \
-    unit_col_bytes, fallback)						\
-static void								\
-name(int64_t n, const void *w, size_t w_stride, int nr, const void *a,	\
-    size_t a_stride, int nc, float *out, size_t ldo)			\
-{									\
-	struct mm_args p = { n, w, w_stride, a, a_stride, out, ldo,	\
-	    NULL, 0, 0, 0 };						\
-									\
-	mm_drive_packed(&p, nr, nc, rows, rows2, pack, pack_bytes, unit_elems, \
-	    unit_col_bytes, fallback);					\
-}
+MM_FLOAT_ENTRY(matmul_f32_avx512, f32_avx512_tiles, 4)
+MM_FLOAT_ENTRY(matmul_f16_avx512, f16_avx512_tiles, 4)
+MM_FLOAT_ENTRY(matmul_bf16_avx512, bf16_avx512_tiles, 4)
 
 /* ------------------------------------------------- integer weight types */
 

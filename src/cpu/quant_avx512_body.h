@@ -289,7 +289,7 @@ FN(lg_row_kernel)(enum orcd_dtype t, const struct mm_args *p, int r, int c0,
 	}								\
 	MM_ROW_SET(FN(tname), FN(tname##_row))				\
 	MM_ROW2_SET(FN(tname), FN(tname##_row2))			\
-	MM_PACKED_ENTRY(FN(matmul_##tname), QCAT(FN(tname), _rows),	\
+	MM_PACKED_ENTRY(FN(matmul_##tname), MM_PACK_COLS, QCAT(FN(tname), _rows), \
 	    QCAT(FN(tname), _rows2), FN(tname##_pack),			\
 	    (size_t)(n / 128 + 1) * FN(lg_unit_bytes)(T),		\
 	    128, FN(lg_unit_bytes)(T), quant_scalar_matmul_##tname)
@@ -372,22 +372,23 @@ FN(k45_row)(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 	accm[0] = accm[1] = _mm512_setzero_ps();
 	for (int64_t i = p->u0; i < p->u1; i++, x += wb, pk += (size_t)ng * K_PACK_GROUP) {
 		const uint8_t *qs = x + (t == ORCD_DTYPE_Q4_K ? 16 : 48);
-		const __m512i sm = _mm512_zextsi256_si512(k_scales_mins(x + 4));
+		/* bytes [sc0..sc7, m0..m7] in every 128-bit lane */
+		const __m512i sm = _mm512_broadcast_i32x4(k_scale_min_bytes(x + 4));
 		__m512i q[4], sc[4];
 
 #pragma GCC unroll 4
 		for (int j = 0; j < 4; j++) {
+			/* int16 lanes 0-15: scale 2j, 16-31: scale 2j + 1 */
+			const char lo = (char)(2 * j), hi = (char)(2 * j + 1), z = (char)0x80;
+
 			q[j] = _mm512_and_si512(_mm512_srlv_epi16(
 			    _mm512_broadcast_i64x4(_mm256_loadu_si256(
 			    (const __m256i *)(qs + 32 * j))), sh04), m4);
-			sc[j] = _mm512_permutexvar_epi16(_mm512_set_epi16(
-			    2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1,
-			    2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1,
-			    2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1,
-			    2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1,
-			    2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j,
-			    2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j,
-			    2 * j, 2 * j), sm);
+			sc[j] = _mm512_shuffle_epi8(sm, _mm512_set_epi8(
+			    z, hi, z, hi, z, hi, z, hi, z, hi, z, hi, z, hi, z, hi,
+			    z, hi, z, hi, z, hi, z, hi, z, hi, z, hi, z, hi, z, hi,
+			    z, lo, z, lo, z, lo, z, lo, z, lo, z, lo, z, lo, z, lo,
+			    z, lo, z, lo, z, lo, z, lo, z, lo, z, lo, z, lo, z, lo));
 		}
 		if (t == ORCD_DTYPE_Q5_K) {
 			const __m512i qh = _mm512_broadcast_i64x4(
@@ -406,12 +407,11 @@ FN(k45_row)(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 				    _mm512_set1_epi8(16));
 			}
 		}
-		const __m512 vd = _mm512_set1_ps(quant_half_to_float(load_u16(x)));
-		const __m512 vdmin = _mm512_set1_ps(quant_half_to_float(load_u16(x + 2)));
-		const __m512i mins = _mm512_permutexvar_epi16(
-		    _mm512_set_epi16(15, 14, 13, 12, 11, 10, 9, 8,
-		    15, 14, 13, 12, 11, 10, 9, 8, 15, 14, 13, 12, 11, 10,
-		    9, 8, 15, 14, 13, 12, 11, 10, 9, 8), sm);
+		const __m512 vd = _mm512_set1_ps(half_f16c(load_u16(x)));
+		const __m512 vdmin = _mm512_set1_ps(half_f16c(load_u16(x + 2)));
+		/* m0..m7 as int16, in every 128-bit lane */
+		const __m512i mins = _mm512_cvtepu8_epi16(_mm256_broadcastsi128_si256(
+		    _mm_srli_si128(_mm512_castsi512_si128(sm), 8)));
 
 #pragma GCC unroll 2
 		for (int g = 0; g < ng; g++)
@@ -489,7 +489,7 @@ FN(q6k_row)(const struct mm_args *p, int r, int c0, int C)
 			/* (l & 0x0f) | hbits, one ternary-logic op */
 			q[2 * h] = _mm512_ternarylogic_epi32(l,
 			    _mm512_and_si512(_mm512_sllv_epi16(hb, shl), m30),
-			    m4, 0xea);
+			    m4, 0xec);
 			q[2 * h + 1] = _mm512_ternarylogic_epi32(
 			    _mm512_srli_epi16(l, 4),
 			    _mm512_and_si512(_mm512_srlv_epi16(hb, shr), m30),
@@ -505,7 +505,7 @@ FN(q6k_row)(const struct mm_args *p, int r, int c0, int C)
 			    g + 1, g + 1, g + 1, g + 1, g + 1, g + 1, g + 1, g + 1,
 			    g, g, g, g, g, g, g, g), scz);
 		}
-		const __m512 vd = _mm512_set1_ps(quant_half_to_float(x->d));
+		const __m512 vd = _mm512_set1_ps(half_f16c(x->d));
 #pragma GCC unroll 8
 		for (int c = 0; c < C; c++) {
 			const struct quant_block_q8_K *y = &ac[c][i];
@@ -541,13 +541,13 @@ MM_ROW_SET(FN(q6_K), FN(q6k_row))
 #undef Q4_K_ROW
 #undef Q5_K_ROW
 
-MM_PACKED_ENTRY(FN(matmul_q4_K), QCAT(FN(q4_K), _rows), NULL, FN(k_pack),
+MM_PACKED_ENTRY(FN(matmul_q4_K), MM_PACK_COLS, QCAT(FN(q4_K), _rows), NULL, FN(k_pack),
     (size_t)(n / QUANT_QK_K) * K_PACK_GROUP, QUANT_QK_K,
     sizeof(struct quant_block_q8_K) + K_PACK_GROUP / 4, quant_scalar_matmul_q4_K)
-MM_PACKED_ENTRY(FN(matmul_q5_K), QCAT(FN(q5_K), _rows), NULL, FN(k_pack),
+MM_PACKED_ENTRY(FN(matmul_q5_K), MM_PACK_COLS, QCAT(FN(q5_K), _rows), NULL, FN(k_pack),
     (size_t)(n / QUANT_QK_K) * K_PACK_GROUP, QUANT_QK_K,
     sizeof(struct quant_block_q8_K) + K_PACK_GROUP / 4, quant_scalar_matmul_q5_K)
-MM_PACKED_ENTRY(FN(matmul_q6_K), QCAT(FN(q6_K), _rows), NULL, FN(no_pack), 0,
+MM_PACKED_ENTRY(FN(matmul_q6_K), MM_PACK_COLS, QCAT(FN(q6_K), _rows), NULL, FN(no_pack), 0,
     QUANT_QK_K, sizeof(struct quant_block_q8_K), quant_scalar_matmul_q6_K)
 
 const struct quant_kernels FN(quant_kernels) = {

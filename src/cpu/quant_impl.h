@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "orcd/dtype.h"
@@ -193,6 +194,225 @@ quant_row_fn quant_scalar_quantize_q8_0, quant_scalar_quantize_q8_1,
     quant_scalar_quantize_q8_K;
 void quant_scalar_fp16_from_fp32(const float *src, uint16_t *dst, int64_t n);
 void quant_scalar_fp32_from_fp16(const uint16_t *src, float *dst, int64_t n);
+
+/* ------------------------------------------- shared by the SIMD kernels */
+
+#define QUANT_INLINE static inline __attribute__((always_inline))
+
+struct mm_args {
+	int64_t n;
+	const uint8_t *w;
+	size_t ws;
+	const uint8_t *a;
+	size_t as;
+	float *out;
+	size_t ldo;
+	const uint8_t *pack;	/* packed activation columns (quantized types) */
+	int64_t u0, u1;		/* the k range, in kernel units, of this pass */
+	int accumulate;		/* add into out instead of storing */
+};
+
+/* An R x C tile at rows r0.., columns c0.. (float types), or one row r0
+ * against the C packed columns starting at c0 (quantized types). */
+typedef void mm_tile_fn(const struct mm_args *p, int r0, int c0);
+typedef void mm_pack_fn(const struct mm_args *p, int c0, int C, uint8_t *pack);
+
+/*
+ * Float weight types: rows in steps of 4 (1 when there are only one or
+ * two columns, so that the weights are read as one sequential stream:
+ * interleaving several rows' streams costs half the memory bandwidth on
+ * the machines measured), columns in steps of ct (at most 4).
+ */
+static inline void
+mm_drive(const struct mm_args *p, int nr, int nc, mm_tile_fn *const tiles[4][4],
+    int ct)
+{
+	const int rstep = nc <= 2 ? 1 : 4;
+
+	for (int cg = 0; cg < nc; cg += 64) {	/* 64 columns stay in L2 */
+		const int ce = nc - cg > 64 ? cg + 64 : nc;
+
+		for (int r0 = 0; r0 < nr; r0 += rstep) {
+			const int R = nr - r0 < rstep ? nr - r0 : rstep;
+
+			for (int c0 = cg; c0 < ce; c0 += ct) {
+				const int C = ce - c0 < ct ? ce - c0 : ct;
+
+				tiles[R - 1][C - 1](p, r0, c0);
+			}
+		}
+	}
+}
+
+/* Packed activations up to this size live on the stack. */
+#define MM_PACK_STACK (24 * 1024)
+#define MM_PACK_COLS 8
+/* Weight rows per block, and activation bytes per k-chunk, of a GEMM. */
+#define MM_ROW_BLOCK_BYTES (256 * 1024)
+#define MM_L1_BUDGET (16 * 1024)
+
+/*
+ * Quantized weight types: the activation columns are packed ct at a time
+ * into the layout the kernels load directly (pack_bytes per column), then
+ * every weight row streams past them, one row at a time: interleaving
+ * several rows' streams costs half the memory bandwidth on the machines
+ * measured.
+ *
+ * With several columns (compute-bound) the work is blocked for the
+ * caches instead: rows in blocks that stay in L2 while every column tile
+ * passes over them, and the k range in chunks whose activations stay in
+ * L1 (unit_col_bytes: activation bytes one column reads per unit of
+ * unit_elems elements); the row kernels then add into out, and where
+ * rows2 is given they take two rows at a time.
+ */
+static inline void
+mm_drive_packed(struct mm_args *p, int nr, int nc, int ct,
+    mm_tile_fn *const rows[8], mm_tile_fn *const rows2[8], mm_pack_fn *pack,
+    size_t pack_bytes, int64_t unit_elems, size_t unit_col_bytes,
+    quant_matmul_fn *fallback)
+{
+	_Alignas(64) uint8_t stack[MM_PACK_STACK];
+	const size_t need = pack_bytes * (size_t)(nc < ct ? nc : ct);
+	const int64_t nu = (p->n + unit_elems - 1) / unit_elems;
+	uint8_t *buf = stack, *heap = NULL;
+	int rb = nr;
+
+	if (need > sizeof(stack)) {
+		heap = aligned_alloc(64, (need + 63) & ~(size_t)63);
+		if (heap == NULL) {
+			fallback(p->n, p->w, p->ws, nr, p->a, p->as, nc, p->out, p->ldo);
+			return;
+		}
+		buf = heap;
+	}
+	const int blocked = nc >= 4;
+	if (blocked) {
+		rb = (int)(MM_ROW_BLOCK_BYTES / (p->ws != 0 ? p->ws : 1));
+		rb = rb < 1 ? 1 : rb > nr ? nr : rb;
+	}
+	for (int r0 = 0; r0 < nr; r0 += rb) {
+		const int re = nr - r0 < rb ? nr : r0 + rb;
+
+		for (int c0 = 0; c0 < nc; c0 += ct) {
+			const int C = nc - c0 < ct ? nc - c0 : ct;
+			int64_t ku = nu;
+
+			if (blocked) {
+				ku = (int64_t)(MM_L1_BUDGET / ((size_t)C * unit_col_bytes));
+				ku = ku < 1 ? 1 : ku > nu ? nu : ku;
+			}
+			pack(p, c0, C, buf);
+			p->pack = buf;
+			for (int64_t u0 = 0; u0 < nu; u0 += ku) {
+				p->u0 = u0;
+				p->u1 = nu - u0 < ku ? nu : u0 + ku;
+				p->accumulate = u0 > 0;
+				int r = r0;
+
+				/* Rows from L2 may go two at a time, sharing the
+				 * activation loads. */
+				if (blocked && rows2 != NULL)
+					for (; r + 2 <= re; r += 2)
+						rows2[C - 1](p, r, c0);
+				for (; r < re; r++)
+					rows[C - 1](p, r, c0);
+			}
+		}
+	}
+	free(heap);
+}
+
+/* Instantiates tile functions for every R, C in 1..4 and their table
+ * (the extra level expands a macro-built name before pasting). */
+#define MM_TILE_SET(name, body) MM_TILE_SET_(name, body)
+#define MM_TILE_SET_(name, body)					\
+	MM_TILE_ROW(name, body, 1) MM_TILE_ROW(name, body, 2)		\
+	MM_TILE_ROW(name, body, 3) MM_TILE_ROW(name, body, 4)		\
+	static mm_tile_fn *const name##_tiles[4][4] = {			\
+		{ name##_1x1, name##_1x2, name##_1x3, name##_1x4 },	\
+		{ name##_2x1, name##_2x2, name##_2x3, name##_2x4 },	\
+		{ name##_3x1, name##_3x2, name##_3x3, name##_3x4 },	\
+		{ name##_4x1, name##_4x2, name##_4x3, name##_4x4 },	\
+	};
+#define MM_TILE_ROW(name, body, R)					\
+	MM_TILE_ONE(name, body, R, 1) MM_TILE_ONE(name, body, R, 2)	\
+	MM_TILE_ONE(name, body, R, 3) MM_TILE_ONE(name, body, R, 4)
+#define MM_TILE_ONE(name, body, R, C)					\
+	static void							\
+	name##_##R##x##C(const struct mm_args *p, int r0, int c0)	\
+	{								\
+		body(p, r0, c0, R, C);					\
+	}
+
+/* Kernels for two rows against C = 1..8 packed columns. */
+#define MM_ROW2_SET(name, body) MM_ROW2_SET_(name, body)
+#define MM_ROW2_SET_(name, body)					\
+	MM_ROW2_ONE(name, body, 1) MM_ROW2_ONE(name, body, 2)		\
+	MM_ROW2_ONE(name, body, 3) MM_ROW2_ONE(name, body, 4)		\
+	MM_ROW2_ONE(name, body, 5) MM_ROW2_ONE(name, body, 6)		\
+	MM_ROW2_ONE(name, body, 7) MM_ROW2_ONE(name, body, 8)		\
+	static mm_tile_fn *const name##_rows2[8] = {			\
+		name##_r2c1, name##_r2c2, name##_r2c3, name##_r2c4,	\
+		name##_r2c5, name##_r2c6, name##_r2c7, name##_r2c8,	\
+	};
+#define MM_ROW2_ONE(name, body, C)					\
+	static void							\
+	name##_r2c##C(const struct mm_args *p, int r, int c0)		\
+	{								\
+		body(p, r, c0, 2, C);					\
+	}
+
+/* Row kernels for C = 1..8 packed columns, and their table. */
+#define MM_ROW_SET(name, body) MM_ROW_SET_(name, body)
+#define MM_ROW_SET_(name, body)						\
+	MM_ROW_ONE(name, body, 1) MM_ROW_ONE(name, body, 2)		\
+	MM_ROW_ONE(name, body, 3) MM_ROW_ONE(name, body, 4)		\
+	MM_ROW_ONE(name, body, 5) MM_ROW_ONE(name, body, 6)		\
+	MM_ROW_ONE(name, body, 7) MM_ROW_ONE(name, body, 8)		\
+	static mm_tile_fn *const name##_rows[8] = {			\
+		name##_c1, name##_c2, name##_c3, name##_c4,		\
+		name##_c5, name##_c6, name##_c7, name##_c8,		\
+	};
+/* The same for C = 1..4 only (kernel sets with 16 vector registers). */
+#define MM_ROW_SET4(name, body) MM_ROW_SET4_(name, body)
+#define MM_ROW_SET4_(name, body)					\
+	MM_ROW_ONE(name, body, 1) MM_ROW_ONE(name, body, 2)		\
+	MM_ROW_ONE(name, body, 3) MM_ROW_ONE(name, body, 4)		\
+	static mm_tile_fn *const name##_rows[8] = {			\
+		name##_c1, name##_c2, name##_c3, name##_c4,		\
+		NULL, NULL, NULL, NULL,					\
+	};
+#define MM_ROW_ONE(name, body, C)					\
+	static void							\
+	name##_c##C(const struct mm_args *p, int r, int c0)		\
+	{								\
+		body(p, r, c0, C);					\
+	}
+
+#define MM_FLOAT_ENTRY(name, tiles, ct)					\
+static void								\
+name(int64_t n, const void *w, size_t w_stride, int nr, const void *a,	\
+    size_t a_stride, int nc, float *out, size_t ldo)			\
+{									\
+	const struct mm_args p = { n, w, w_stride, a, a_stride, out, ldo, \
+	    NULL, 0, 0, 0 };						\
+									\
+	mm_drive(&p, nr, nc, tiles, ct);				\
+}
+
+/* Quantized types: pack, then rows (fallback: the scalar kernel). */
+#define MM_PACKED_ENTRY(name, ct, rows, rows2, pack, pack_bytes,	\
+    unit_elems, unit_col_bytes, fallback)				\
+static void								\
+name(int64_t n, const void *w, size_t w_stride, int nr, const void *a,	\
+    size_t a_stride, int nc, float *out, size_t ldo)			\
+{									\
+	struct mm_args p = { n, w, w_stride, a, a_stride, out, ldo,	\
+	    NULL, 0, 0, 0 };						\
+									\
+	mm_drive_packed(&p, nr, nc, ct, rows, rows2, pack, pack_bytes,	\
+	    unit_elems, unit_col_bytes, fallback);			\
+}
 
 extern const struct quant_kernels quant_kernels_scalar;
 #if defined(__x86_64__) || defined(__i386__)

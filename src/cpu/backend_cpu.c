@@ -1,0 +1,263 @@
+/*
+ * The CPU backend (include/orcd/backend.h): one engine thread takes steps
+ * from a queue, runs the forward pass for the whole batch on the thread pool
+ * (the engine thread is the pool's caller), samples one token for every
+ * sequence that wants one and pushes the step back to the loop through the
+ * completion queue.  The loop thread never computes.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <time.h>
+
+#include "orcd/backend.h"
+#include "cpu/forward.h"
+#include "model.h"
+#include "sampler.h"
+
+struct backend_seq {
+	struct cpu_kv kv;
+};
+
+struct job {
+	STAILQ_ENTRY(job) link;
+	struct backend_step *st;
+};
+
+struct cpu_backend {
+	struct backend b;
+	struct cpu_engine *engine;
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	STAILQ_HEAD(, job) jobs;
+	bool quit;
+	/* engine-thread scratch */
+	int cap_tokens;
+	int32_t *tokens, *pos;
+	struct cpu_kv **kvs;
+	bool *want;
+	float *logits;
+	int cap_logits;
+};
+
+static double
+mono_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int
+reserve(struct cpu_backend *cb, int n_tokens, int n_logits, struct orcd_err *err)
+{
+	if (n_tokens > cb->cap_tokens) {
+		free(cb->tokens); free(cb->pos); free(cb->kvs); free(cb->want);
+		cb->tokens = malloc((size_t)n_tokens * sizeof(*cb->tokens));
+		cb->pos = malloc((size_t)n_tokens * sizeof(*cb->pos));
+		cb->kvs = malloc((size_t)n_tokens * sizeof(*cb->kvs));
+		cb->want = malloc((size_t)n_tokens * sizeof(*cb->want));
+		cb->cap_tokens = n_tokens;
+		if (!cb->tokens || !cb->pos || !cb->kvs || !cb->want) {
+			cb->cap_tokens = 0;
+			return orcd_errf(err, "cpu backend: out of memory for %d tokens", n_tokens);
+		}
+	}
+	if (n_logits > cb->cap_logits) {
+		free(cb->logits);
+		cb->logits = malloc((size_t)n_logits * (size_t)cb->b.model->hp.n_vocab * sizeof(float));
+		cb->cap_logits = n_logits;
+		if (cb->logits == NULL) {
+			cb->cap_logits = 0;
+			return orcd_errf(err, "cpu backend: out of memory for logits");
+		}
+	}
+	return 0;
+}
+
+static void
+run_step(struct cpu_backend *cb, struct backend_step *st)
+{
+	int n = 0, n_logits = 0;
+
+	st->t_start = mono_s();
+	st->status = 0;
+	for (int i = 0; i < st->n_seqs; i++)
+		n_logits += st->seqs[i].sampler != NULL;
+	if (reserve(cb, st->n_tokens, n_logits, &st->err) != 0) {
+		st->status = -1;
+		goto done;
+	}
+	for (int i = 0; i < st->n_seqs; i++) {
+		struct backend_step_seq *s = &st->seqs[i];
+
+		for (int j = 0; j < s->n_tokens; j++) {
+			cb->tokens[n] = s->tokens[j];
+			cb->pos[n] = s->pos + j;
+			cb->kvs[n] = &s->seq->kv;
+			cb->want[n] = s->sampler != NULL && j == s->n_tokens - 1;
+			n++;
+		}
+	}
+	struct cpu_batch batch = { .n_tokens = n, .tokens = cb->tokens, .pos = cb->pos,
+	    .kv = cb->kvs, .logits = cb->want };
+	if (n == 0 || cpu_forward(cb->engine, &batch, cb->logits, &st->err) != 0) {
+		if (n == 0)
+			orcd_errf(&st->err, "cpu backend: empty step");
+		st->status = -1;
+		goto done;
+	}
+	int k = 0;
+	for (int i = 0; i < st->n_seqs; i++) {
+		struct backend_step_seq *s = &st->seqs[i];
+
+		if (s->sampler == NULL)
+			continue;
+		s->out_token = sampler_sample(s->sampler,
+		    cb->logits + (size_t)k * (size_t)cb->b.model->hp.n_vocab);
+		k++;
+	}
+done:
+	st->t_end = mono_s();
+	cq_push(cb->b.cq, &st->cq);
+}
+
+static void *
+engine_main(void *arg)
+{
+	struct cpu_backend *cb = arg;
+
+	pthread_mutex_lock(&cb->mu);
+	for (;;) {
+		struct job *j;
+
+		while (STAILQ_EMPTY(&cb->jobs) && !cb->quit)
+			pthread_cond_wait(&cb->cv, &cb->mu);
+		if (cb->quit)
+			break;
+		j = STAILQ_FIRST(&cb->jobs);
+		STAILQ_REMOVE_HEAD(&cb->jobs, link);
+		pthread_mutex_unlock(&cb->mu);
+		run_step(cb, j->st);
+		free(j);
+		pthread_mutex_lock(&cb->mu);
+	}
+	pthread_mutex_unlock(&cb->mu);
+	return NULL;
+}
+
+static int
+cpu_seq_new(struct backend *b, int n_ctx, struct backend_seq **out, struct orcd_err *err)
+{
+	struct cpu_backend *cb = b->impl;
+	struct backend_seq *s = calloc(1, sizeof(*s));
+
+	*out = NULL;
+	if (s == NULL)
+		return orcd_errf(err, "cpu backend: out of memory");
+	if (cpu_kv_init(cb->engine, n_ctx, &s->kv, err) != 0) {
+		free(s);
+		return -1;
+	}
+	*out = s;
+	return 0;
+}
+
+static void
+cpu_seq_free(struct backend *b, struct backend_seq *s)
+{
+	if (s == NULL)
+		return;
+	cpu_kv_release(&s->kv);
+	free(s);
+}
+
+static uint64_t
+cpu_seq_bytes(struct backend *b, int n_ctx)
+{
+	return cpu_kv_bytes(b->model, n_ctx);
+}
+
+static int
+cpu_step(struct backend *b, struct backend_step *st, struct orcd_err *err)
+{
+	struct cpu_backend *cb = b->impl;
+	struct job *j = malloc(sizeof(*j));
+
+	if (j == NULL)
+		return orcd_errf(err, "cpu backend: out of memory");
+	j->st = st;
+	pthread_mutex_lock(&cb->mu);
+	STAILQ_INSERT_TAIL(&cb->jobs, j, link);
+	pthread_cond_signal(&cb->cv);
+	pthread_mutex_unlock(&cb->mu);
+	return 0;
+}
+
+static void
+cpu_destroy(struct backend *b)
+{
+	struct cpu_backend *cb;
+
+	if (b == NULL)
+		return;
+	cb = b->impl;
+	pthread_mutex_lock(&cb->mu);
+	cb->quit = true;
+	pthread_cond_signal(&cb->cv);
+	pthread_mutex_unlock(&cb->mu);
+	pthread_join(cb->thread, NULL);
+	while (!STAILQ_EMPTY(&cb->jobs)) {
+		struct job *j = STAILQ_FIRST(&cb->jobs);
+
+		STAILQ_REMOVE_HEAD(&cb->jobs, link);
+		free(j);
+	}
+	cpu_engine_free(cb->engine);
+	free(cb->tokens); free(cb->pos); free(cb->kvs); free(cb->want);
+	free(cb->logits);
+	pthread_mutex_destroy(&cb->mu);
+	pthread_cond_destroy(&cb->cv);
+	free(cb);
+}
+
+static const struct backend_ops cpu_ops = {
+	.name = "cpu",
+	.seq_new = cpu_seq_new,
+	.seq_free = cpu_seq_free,
+	.seq_bytes = cpu_seq_bytes,
+	.step = cpu_step,
+	.destroy = cpu_destroy,
+};
+
+int
+backend_cpu_new(const struct model *m, int n_threads, struct cq *cq,
+    struct backend **out, struct orcd_err *err)
+{
+	struct cpu_backend *cb = calloc(1, sizeof(*cb));
+
+	*out = NULL;
+	if (cb == NULL)
+		return orcd_errf(err, "cpu backend: out of memory");
+	cb->b.ops = &cpu_ops;
+	cb->b.model = m;
+	cb->b.cq = cq;
+	cb->b.impl = cb;
+	STAILQ_INIT(&cb->jobs);
+	pthread_mutex_init(&cb->mu, NULL);
+	pthread_cond_init(&cb->cv, NULL);
+	if (cpu_engine_new(m, n_threads, &cb->engine, err) != 0) {
+		free(cb);
+		return -1;
+	}
+	if (pthread_create(&cb->thread, NULL, engine_main, cb) != 0) {
+		cpu_engine_free(cb->engine);
+		free(cb);
+		return orcd_errf(err, "cpu backend: cannot start the engine thread");
+	}
+	*out = &cb->b;
+	return 0;
+}

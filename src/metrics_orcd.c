@@ -1,0 +1,123 @@
+/* The server's metric set (see metrics_orcd.h). */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "metrics_orcd.h"
+#include "orcd.h"
+
+static const char *outcome_names[OUTCOME_COUNT] = {
+	"done", "cancelled", "deadline", "disconnected", "failed", "shutdown",
+};
+
+const char *
+orcd_outcome_name(enum req_outcome k)
+{
+	return k < OUTCOME_COUNT ? outcome_names[k] : "unknown";
+}
+
+int
+orcd_metrics_init(struct orcd *o)
+{
+	static const int codes[] = { 200, 202, 400, 404, 405, 408, 413, 429, 431,
+	    500, 503, 504, 505 };
+	/* latency buckets: 100 us .. ~100 s, x2 */
+	double lat[21], small[16], batch[13], tokens[14];
+	struct orcd_metrics *m = calloc(1, sizeof(*m));
+	struct metrics *r = metrics_new();
+	char labels[64];
+
+	if (m == NULL || r == NULL) {
+		free(m);
+		metrics_free(r);
+		return -1;
+	}
+	o->m = m;
+	o->metrics = r;
+	metrics_buckets_exponential(0.0001, 2.0, 21, lat);
+	metrics_buckets_exponential(0.00001, 2.0, 16, small);
+	metrics_buckets_exponential(1, 2.0, 13, batch);
+	metrics_buckets_exponential(1, 2.0, 14, tokens);
+
+	for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+		snprintf(labels, sizeof(labels), "code=\"%d\"", codes[i]);
+		m->http[i] = metrics_counter(r, "orcd_http_responses_total",
+		    "HTTP responses by status code", labels);
+		m->http_code[i] = codes[i];
+	}
+	m->http_other = metrics_counter(r, "orcd_http_responses_total",
+	    "HTTP responses by status code", "code=\"other\"");
+	m->connections = metrics_gauge(r, "orcd_connections", "open client connections", NULL);
+	for (int k = 0; k < OUTCOME_COUNT; k++) {
+		snprintf(labels, sizeof(labels), "outcome=\"%s\"", outcome_names[k]);
+		m->requests[k] = metrics_counter(r, "orcd_requests_total",
+		    "generation requests by how they ended", labels);
+	}
+	m->deadline_aborts = metrics_counter(r, "orcd_deadline_aborts_total",
+	    "requests ended by their deadline (before or during generation)", NULL);
+	m->prompt_tokens = metrics_counter(r, "orcd_prompt_tokens_total", "prompt tokens processed", NULL);
+	m->gen_tokens = metrics_counter(r, "orcd_generated_tokens_total", "tokens generated", NULL);
+	m->active = metrics_gauge(r, "orcd_active_requests", "requests in prefill or decode", NULL);
+	m->queued = metrics_gauge(r, "orcd_queued_requests", "admitted requests waiting for a slot", NULL);
+	m->ready = metrics_gauge(r, "orcd_ready", "1 when the model is loaded and the worker healthy", NULL);
+	m->ttft = metrics_histogram(r, "orcd_time_to_first_token_seconds",
+	    "request received to first token written", NULL, lat, 21);
+	m->itl = metrics_histogram(r, "orcd_inter_token_seconds",
+	    "time between consecutive tokens of a stream", NULL, lat, 21);
+	m->e2e = metrics_histogram(r, "orcd_request_duration_seconds",
+	    "request received to last event written", NULL, lat, 21);
+	m->queue_wait = metrics_histogram(r, "orcd_queue_wait_seconds",
+	    "admission to the first scheduled step", NULL, lat, 21);
+	m->cancel_latency = metrics_histogram(r, "orcd_cancel_latency_seconds",
+	    "cancel request seen to KV cache freed", NULL, lat, 21);
+	m->disconnect_latency = metrics_histogram(r, "orcd_disconnect_abort_seconds",
+	    "client disconnect seen to KV cache freed", NULL, lat, 21);
+	m->step_batch = metrics_histogram(r, "orcd_step_batch_size",
+	    "sequences per engine step", NULL, batch, 13);
+	m->step_tokens = metrics_histogram(r, "orcd_step_tokens",
+	    "tokens per engine step", NULL, tokens, 14);
+	m->step_seconds = metrics_histogram(r, "orcd_step_seconds",
+	    "engine step duration", NULL, lat, 21);
+	m->health_latency = metrics_histogram(r, "orcd_health_handler_seconds",
+	    "GET /health handler time", NULL, small, 16);
+	m->phase_model_load = metrics_gauge(r, "orcd_startup_phase_seconds",
+	    "duration of each startup phase", "phase=\"model_load\"");
+	m->phase_backend_init = metrics_gauge(r, "orcd_startup_phase_seconds",
+	    "duration of each startup phase", "phase=\"backend_init\"");
+	m->phase_http_start = metrics_gauge(r, "orcd_startup_phase_seconds",
+	    "duration of each startup phase", "phase=\"http_start\"");
+	m->shutdown_seconds = metrics_gauge(r, "orcd_shutdown_seconds",
+	    "duration of the last graceful shutdown (drain)", NULL);
+	m->uptime = metrics_gauge(r, "orcd_uptime_seconds", "seconds since start", NULL);
+	return 0;
+}
+
+void
+orcd_metrics_free(struct orcd *o)
+{
+	metrics_free(o->metrics);
+	free(o->m);
+	o->metrics = NULL;
+	o->m = NULL;
+}
+
+void
+orcd_metrics_http(struct orcd *o, int status)
+{
+	struct orcd_metrics *m = o->m;
+
+	if (m == NULL)
+		return;
+	for (int i = 0; i < ORCD_METRICS_HTTP_CODES && m->http[i] != NULL; i++)
+		if (m->http_code[i] == status) {
+			metric_counter_inc(m->http[i]);
+			return;
+		}
+	metric_counter_inc(m->http_other);
+}
+
+void
+orcd_metrics_conn_gauge(struct orcd *o, int n)
+{
+	if (o->m != NULL)
+		metric_gauge_set(o->m->connections, n);
+}

@@ -1,0 +1,60 @@
+/*
+ * The server's metric set: every orcd_* series registered once at startup
+ * (metrics.h does the storage and exposition), with small helpers for the
+ * places that update them.
+ */
+#ifndef ORCD_METRICS_ORCD_H
+#define ORCD_METRICS_ORCD_H
+
+#include "metrics.h"
+
+struct orcd;
+
+enum req_outcome {
+	OUTCOME_DONE,
+	OUTCOME_CANCELLED,
+	OUTCOME_DEADLINE,
+	OUTCOME_DISCONNECTED,
+	OUTCOME_FAILED,
+	OUTCOME_SHUTDOWN,
+	OUTCOME_COUNT
+};
+
+#define ORCD_METRICS_HTTP_CODES 16
+
+struct orcd_metrics {
+	struct metric_counter *http[ORCD_METRICS_HTTP_CODES];
+	int http_code[ORCD_METRICS_HTTP_CODES];
+	struct metric_counter *http_other;
+	struct metric_gauge *connections;
+	struct metric_counter *requests[OUTCOME_COUNT];
+	struct metric_counter *deadline_aborts;
+	struct metric_counter *prompt_tokens;
+	struct metric_counter *gen_tokens;
+	struct metric_gauge *active;
+	struct metric_gauge *queued;
+	struct metric_gauge *ready;
+	struct metric_histogram *ttft;
+	struct metric_histogram *itl;
+	struct metric_histogram *e2e;
+	struct metric_histogram *queue_wait;
+	struct metric_histogram *cancel_latency;
+	struct metric_histogram *disconnect_latency;
+	struct metric_histogram *step_batch;
+	struct metric_histogram *step_tokens;
+	struct metric_histogram *step_seconds;
+	struct metric_histogram *health_latency;
+	struct metric_gauge *phase_model_load;
+	struct metric_gauge *phase_backend_init;
+	struct metric_gauge *phase_http_start;
+	struct metric_gauge *shutdown_seconds;
+	struct metric_gauge *uptime;
+};
+
+int orcd_metrics_init(struct orcd *o);
+void orcd_metrics_free(struct orcd *o);
+void orcd_metrics_http(struct orcd *o, int status);
+void orcd_metrics_conn_gauge(struct orcd *o, int n);
+const char *orcd_outcome_name(enum req_outcome k);
+
+#endif

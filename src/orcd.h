@@ -1,0 +1,71 @@
+/*
+ * struct orcd: the one server object, passed down to every module (no other
+ * global state).  Everything in it is owned by the loop thread unless a
+ * field says otherwise.
+ */
+#ifndef ORCD_ORCD_H
+#define ORCD_ORCD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "conf.h"
+#include "cq.h"
+
+struct event_base;
+struct event;
+struct model;
+struct backend;
+struct sse_vocab;
+struct sched;
+struct server;
+struct metrics;
+struct orcd_metrics;
+
+enum orcd_phase {
+	ORCD_LOADING,     /* listener up, model loading on a thread */
+	ORCD_READY,
+	ORCD_FAILED,      /* model load failed: /health 503, no work */
+	ORCD_DRAINING,    /* SIGTERM seen: no new work, streams finishing */
+};
+
+/* The cached /health view, rebuilt by a timer, read by GET /health. */
+struct health_snapshot {
+	char json[1024];
+	int len;
+	int status;              /* 200 or 503 */
+};
+
+struct orcd {
+	struct conf cfg;
+	struct event_base *base;
+	struct cq *cq;
+	enum orcd_phase phase;
+	char load_error[512];
+	struct model *model;
+	struct backend *backend;
+	struct sse_vocab *vocab;
+	struct sched *sched;
+	struct server *server;
+	struct metrics *metrics;
+	struct orcd_metrics *m;
+	struct health_snapshot health;
+	struct event *health_timer;
+	struct event *sig_term, *sig_int, *grace_timer;
+	double t_start;          /* monotonic seconds at startup */
+	double t_drain;          /* when draining started */
+	int n_signals;
+	int exit_code;
+	uint64_t next_id;        /* connection / request ids */
+};
+
+/* Monotonic clock, seconds and nanoseconds. */
+double orcd_now(void);
+uint64_t orcd_now_ns(void);
+
+/* Loop-thread helpers implemented in serve.c. */
+void orcd_refresh_health(struct orcd *o);
+/* Called when the last stream has ended during a drain. */
+void orcd_maybe_exit(struct orcd *o);
+
+#endif

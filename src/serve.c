@@ -1,0 +1,383 @@
+/*
+ * `orcd serve`: the daemon.  Starts the HTTP listener first, loads the model
+ * and the backend on a loader thread (so /health answers 503 "loading"
+ * meanwhile), then serves on one libevent loop.  SIGTERM/SIGINT drain:
+ * stop accepting, let streams finish within the grace period, end the rest
+ * with `shutting_down`, exit 0; a second signal exits at once.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#include "config.h"
+
+#include "orcd/backend.h"
+#include "conn.h"
+#include "generate.h"
+#include "log.h"
+#include "metrics_orcd.h"
+#include "model.h"
+#include "orcd.h"
+#include "req.h"
+#include "sched.h"
+#include "serve.h"
+#include "server.h"
+#include "sse.h"
+#include "tokenizer.h"
+
+double
+orcd_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+uint64_t
+orcd_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------ supervisor signals */
+
+static void
+sd_notify_msg(const char *msg)
+{
+	const char *path = getenv("NOTIFY_SOCKET");
+	struct sockaddr_un sa;
+	socklen_t len;
+	int fd;
+
+	if (path == NULL || *path == '\0' || strlen(path) >= sizeof(sa.sun_path))
+		return;
+	memset(&sa, 0, sizeof(sa));
+	sa.sun_family = AF_UNIX;
+	memcpy(sa.sun_path, path, strlen(path));
+	if (path[0] == '@')
+		sa.sun_path[0] = '\0'; /* abstract namespace */
+	len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path));
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa, len) < 0)
+		log_warn("sd_notify: %s", strerror(errno));
+	close(fd);
+}
+
+static void
+write_ready_file(struct orcd *o)
+{
+	char tmp[PATH_MAX];
+	FILE *f;
+
+	if (o->cfg.ready_file == NULL)
+		return;
+	snprintf(tmp, sizeof(tmp), "%s.tmp", o->cfg.ready_file);
+	f = fopen(tmp, "w");
+	if (f == NULL) {
+		log_error("ready file %s: %s", tmp, strerror(errno));
+		return;
+	}
+	fprintf(f, "pid=%d\nport=%d\n", (int)getpid(), server_port(o));
+	if (fclose(f) != 0 || rename(tmp, o->cfg.ready_file) != 0)
+		log_error("ready file %s: %s", o->cfg.ready_file, strerror(errno));
+}
+
+/* ------------------------------------------------------------ health */
+
+void
+orcd_refresh_health(struct orcd *o)
+{
+	static const char *names[] = { "loading", "ok", "unhealthy", "draining" };
+	struct health_snapshot *h = &o->health;
+	char model[256] = "";
+	int n;
+
+	if (o->model != NULL)
+		model[sse_json_escape(o->model->name, strlen(o->model->name) > 40 ? 40 :
+		    strlen(o->model->name), model)] = '\0';
+	n = snprintf(h->json, sizeof(h->json), "{\"status\":\"%s\",\"ready\":%s,"
+	    "\"resident\":%s,\"vram_bytes_used\":%d,\"last_check_secs\":%.3f,"
+	    "\"model\":\"%s\",\"backend\":\"%s\",\"uptime_s\":%.3f,\"active\":%d,"
+	    "\"queued\":%d,\"connections\":%d}\n", names[o->phase],
+	    o->phase == ORCD_READY ? "true" : "false",
+	    o->phase == ORCD_READY ? "true" : "false", 0, 0.0, model,
+	    o->backend ? o->backend->ops->name : "none", orcd_now() - o->t_start,
+	    o->sched ? sched_n_active(o->sched) : 0, o->sched ? sched_n_queued(o->sched) : 0,
+	    conn_count(o));
+	h->len = n < (int)sizeof(h->json) ? n : (int)sizeof(h->json) - 1;
+	h->status = o->phase == ORCD_READY ? 200 : 503;
+	if (o->m != NULL)
+		metric_gauge_set(o->m->ready, o->phase == ORCD_READY);
+}
+
+static void
+health_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	orcd_refresh_health(arg);
+}
+
+/* ------------------------------------------------------------ loading */
+
+struct load_job {
+	struct cq_item item;
+	struct orcd *o;
+	struct model *model;
+	struct backend *backend;
+	struct orcd_err err;
+	int status;
+	double t_model, t_backend;
+};
+
+static void
+load_done(struct cq_item *item)
+{
+	struct load_job *j = (struct load_job *)item;
+	struct orcd *o = j->o;
+	struct orcd_err err;
+	char desc[512];
+
+	if (j->status != 0) {
+		log_error("cannot load the model: %s", j->err.msg);
+		snprintf(o->load_error, sizeof(o->load_error), "%s", j->err.msg);
+		o->phase = ORCD_FAILED;
+		o->exit_code = 1;
+		free(j);
+		event_base_loopexit(o->base, NULL);
+		return;
+	}
+	o->model = j->model;
+	o->backend = j->backend;
+	metric_gauge_set(o->m->phase_model_load, j->t_model);
+	metric_gauge_set(o->m->phase_backend_init, j->t_backend);
+	free(j);
+	o->vocab = sse_vocab_new(o->model->tok, &err);
+	if (o->vocab == NULL || (o->sched = sched_new(o, &err)) == NULL) {
+		log_error("%s", err.msg);
+		o->phase = ORCD_FAILED;
+		o->exit_code = 1;
+		event_base_loopexit(o->base, NULL);
+		return;
+	}
+	if (o->cfg.ctx_size <= 0)
+		o->cfg.ctx_size = o->model->hp.n_ctx_train < 4096 ? o->model->hp.n_ctx_train : 4096;
+	model_describe(o->model, desc, sizeof(desc));
+	log_info("model loaded: %s", desc);
+	if (o->phase == ORCD_DRAINING) {
+		orcd_maybe_exit(o);
+		return;
+	}
+	o->phase = ORCD_READY;
+	orcd_refresh_health(o);
+	log_info("ready: backend %s, context %d per request, max batch %d, listening on port %d",
+	    o->backend->ops->name, o->cfg.ctx_size, o->cfg.max_batch, server_port(o));
+	write_ready_file(o);
+	sd_notify_msg("READY=1\nSTATUS=serving");
+}
+
+static void *
+load_main(void *arg)
+{
+	struct load_job *j = arg;
+	struct orcd *o = j->o;
+	double t0 = orcd_now();
+
+	j->status = model_load(o->cfg.model, &j->model, &j->err);
+	j->t_model = orcd_now() - t0;
+	if (j->status == 0) {
+		t0 = orcd_now();
+		if (o->cfg.backend != NULL && strcmp(o->cfg.backend, "cpu") != 0) {
+			orcd_errf(&j->err, "backend '%s' is not built into this orcd (available: cpu)",
+			    o->cfg.backend);
+			j->status = -1;
+		} else {
+			j->status = backend_cpu_new(j->model, o->cfg.threads, o->cq, &j->backend,
+			    &j->err);
+		}
+		j->t_backend = orcd_now() - t0;
+		if (j->status != 0) {
+			model_free(j->model);
+			j->model = NULL;
+		}
+	}
+	cq_push(o->cq, &j->item);
+	return NULL;
+}
+
+/* ------------------------------------------------------------ shutdown */
+
+void
+orcd_maybe_exit(struct orcd *o)
+{
+	if (o->phase != ORCD_DRAINING)
+		return;
+	if (o->sched != NULL && (sched_n_active(o->sched) > 0 ||
+	    sched_n_queued(o->sched) > 0 || sched_busy(o->sched)))
+		return;
+	if (conn_count(o) > 0)
+		return;
+	double took = orcd_now() - o->t_drain;
+	if (o->m != NULL)
+		metric_gauge_set(o->m->shutdown_seconds, took);
+	log_info("shutdown complete in %.3f s", took);
+	event_base_loopexit(o->base, NULL);
+}
+
+static void
+grace_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct orcd *o = arg;
+
+	if (o->sched != NULL && (sched_n_active(o->sched) > 0 || sched_n_queued(o->sched) > 0)) {
+		log_warn("shutdown grace period over: ending %d running and %d queued streams",
+		    sched_n_active(o->sched), sched_n_queued(o->sched));
+		sched_abort_all(o->sched, REQ_ABORT_SHUTDOWN);
+	}
+	conn_drain_all(o);
+	orcd_maybe_exit(o);
+}
+
+static void
+signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct orcd *o = arg;
+
+	if (++o->n_signals > 1) {
+		log_warn("second signal (%d): exiting now", (int)sig);
+		_exit(1);
+	}
+	log_info("signal %d: draining (grace %.1f s)", (int)sig, o->cfg.shutdown_grace_s);
+	sd_notify_msg("STOPPING=1");
+	o->t_drain = orcd_now();
+	if (o->phase == ORCD_LOADING) {
+		o->phase = ORCD_DRAINING;
+		event_base_loopexit(o->base, NULL);
+		return;
+	}
+	o->phase = ORCD_DRAINING;
+	orcd_refresh_health(o);
+	server_stop_listening(o);
+	conn_drain_all(o);
+	struct timeval tv = { (time_t)o->cfg.shutdown_grace_s,
+	    (suseconds_t)((o->cfg.shutdown_grace_s - (double)(time_t)o->cfg.shutdown_grace_s) * 1e6) };
+	o->grace_timer = evtimer_new(o->base, grace_cb, o);
+	evtimer_add(o->grace_timer, &tv);
+	orcd_maybe_exit(o);
+}
+
+/* ------------------------------------------------------------ main */
+
+int
+serve_main(int argc, char **argv)
+{
+	struct orcd o;
+	struct orcd_err err;
+	char model_path[PATH_MAX];
+	struct load_job *j;
+	pthread_t loader;
+	int rc;
+
+	memset(&o, 0, sizeof(o));
+	o.t_start = orcd_now();
+	conf_defaults(&o.cfg);
+	rc = conf_parse_args(&o.cfg, argc, argv, &err);
+	if (rc != 0) {
+		if (rc > 0) {
+			conf_free(&o.cfg);
+			return 0;
+		}
+		fprintf(stderr, "orcd serve: %s\n", err.msg);
+		conf_usage(stderr);
+		conf_free(&o.cfg);
+		return 2;
+	}
+	log_set_level((enum log_level)o.cfg.log_level);
+	if (o.cfg.model == NULL) {
+		if (generate_default_model(model_path, sizeof(model_path), &err) != 0) {
+			fprintf(stderr, "orcd serve: %s\n", err.msg);
+			conf_free(&o.cfg);
+			return 1;
+		}
+		o.cfg.model = strdup(model_path);
+	}
+	signal(SIGPIPE, SIG_IGN);
+	o.base = event_base_new();
+	if (o.base == NULL || (o.cq = cq_new(o.base, &err)) == NULL ||
+	    orcd_metrics_init(&o) != 0) {
+		fprintf(stderr, "orcd serve: cannot set up the event loop\n");
+		return 1;
+	}
+	o.sig_term = evsignal_new(o.base, SIGTERM, signal_cb, &o);
+	o.sig_int = evsignal_new(o.base, SIGINT, signal_cb, &o);
+	evsignal_add(o.sig_term, NULL);
+	evsignal_add(o.sig_int, NULL);
+
+	double t0 = orcd_now();
+	if (server_start(&o, &err) != 0) {
+		log_error("%s", err.msg);
+		rc = 1;
+		goto out;
+	}
+	metric_gauge_set(o.m->phase_http_start, orcd_now() - t0);
+	log_info("orcd %s listening on port %d; loading %s", PACKAGE_VERSION,
+	    server_port(&o), o.cfg.model);
+
+	o.phase = ORCD_LOADING;
+	orcd_refresh_health(&o);
+	o.health_timer = event_new(o.base, -1, EV_PERSIST, health_timer_cb, &o);
+	{
+		struct timeval tv = { o.cfg.health_interval_ms / 1000,
+		    (o.cfg.health_interval_ms % 1000) * 1000 };
+		event_add(o.health_timer, &tv);
+	}
+	j = calloc(1, sizeof(*j));
+	j->o = &o;
+	j->item.fn = load_done;
+	if (pthread_create(&loader, NULL, load_main, j) != 0) {
+		log_error("cannot start the loader thread");
+		rc = 1;
+		goto out;
+	}
+	pthread_detach(loader);
+
+	event_base_dispatch(o.base);
+	rc = o.exit_code;
+out:
+	server_free(&o);
+	if (o.backend != NULL)
+		o.backend->ops->destroy(o.backend);
+	sched_free(o.sched);
+	sse_vocab_free(o.vocab);
+	model_free(o.model);
+	if (o.health_timer)
+		event_free(o.health_timer);
+	if (o.grace_timer)
+		event_free(o.grace_timer);
+	if (o.sig_term)
+		event_free(o.sig_term);
+	if (o.sig_int)
+		event_free(o.sig_int);
+	cq_free(o.cq);
+	orcd_metrics_free(&o);
+	if (o.base)
+		event_base_free(o.base);
+	conf_free(&o.cfg);
+	return rc;
+}
