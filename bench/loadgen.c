@@ -221,11 +221,9 @@ counters_add(struct counters *c, const char *name, uint64_t k)
 			return;
 		}
 	}
-	if (c->n >= LG_COUNTERS_MAX) {
-		if (strcmp(clean, "(other)") != 0)
-			counters_add(c, "(other)", k);
-		else
-			c->v[c->n - 1].n += k;
+	/* The last place is kept for "(other)". */
+	if (c->n >= LG_COUNTERS_MAX - 1 && strcmp(clean, "(other)") != 0) {
+		counters_add(c, "(other)", k);
 		return;
 	}
 	if (c->n == c->cap) {
@@ -1094,7 +1092,17 @@ static void	lg_check_done(struct lg *);
 static void
 lg_note_error(struct lg *lg, const char *what, const char *why)
 {
+	char	*p, *end;
+
 	snprintf(lg->last_error, sizeof lg->last_error, "%s: %s", what, why);
+	/* Server text (error bodies) may hold newlines; keep one line. */
+	for (p = lg->last_error; *p != '\0'; p++) {
+		if (!isprint((unsigned char)*p))
+			*p = ' ';
+	}
+	end = lg->last_error + strlen(lg->last_error);
+	while (end > lg->last_error && end[-1] == ' ')
+		*--end = '\0';
 	/* A few on stderr help debugging; a flood would hide the report. */
 	if (lg->errors_logged++ < 5 && !lg->cfg.json)
 		fprintf(stderr, "loadgen: %s\n", lg->last_error);
@@ -1176,7 +1184,7 @@ lg_request_body(struct lg *lg, const char *job_id, int max_tokens)
 
 static int
 lg_write_request(struct lg *lg, struct bufferevent *bev, const char *job_id,
-    int max_tokens)
+    int max_tokens, int deadline_ms)
 {
 	struct evbuffer	*out = bufferevent_get_output(bev);
 	char		*body;
@@ -1190,9 +1198,8 @@ lg_write_request(struct lg *lg, struct bufferevent *bev, const char *job_id,
 	    "X-Correlation-Id: %s\r\n",
 	    lg->cfg.api == LG_API_ORCD ? "/execute" : "/v1/completions",
 	    lg->hostport, job_id);
-	if (lg->cfg.deadline_ms > 0)
-		evbuffer_add_printf(out, "X-Deadline-Ms: %d\r\n",
-		    lg->cfg.deadline_ms);
+	if (deadline_ms > 0)
+		evbuffer_add_printf(out, "X-Deadline-Ms: %d\r\n", deadline_ms);
 	evbuffer_add_printf(out, "Content-Length: %zu\r\n\r\n", len);
 	evbuffer_add(out, body, len);
 	free(body);
@@ -1700,8 +1707,8 @@ slot_send(struct slot *s)
 	struct req	*q = &s->req;
 	struct timeval	 tv;
 
-	if (lg_write_request(lg, s->bev, q->job_id, lg->cfg.max_tokens) ==
-	    -1) {
+	if (lg_write_request(lg, s->bev, q->job_id, lg->cfg.max_tokens,
+	    lg->cfg.deadline_ms) == -1) {
 		/* Checked at startup, so only memory can make this fail. */
 		fprintf(stderr, "loadgen: cannot build the request body\n");
 		exit(1);
@@ -2078,8 +2085,9 @@ hold_start(struct lg *lg)
 			bufferevent_set_rate_limit(hc->bev, lg->hold_bucket);
 		snprintf(job_id, sizeof job_id, "%s-hold-%d", lg->cfg.id_prefix,
 		    i);
+		/* No deadline: a held stream is meant to stay open. */
 		if (lg_write_request(lg, hc->bev, job_id,
-		    lg->cfg.hold_max_tokens) == -1) {
+		    lg->cfg.hold_max_tokens, 0) == -1) {
 			fprintf(stderr, "loadgen: cannot build a request\n");
 			exit(1);
 		}
@@ -2494,7 +2502,8 @@ usage(FILE *f)
 "  --cache-prompt         let llama-server reuse its prompt cache (off)\n"
 "  --deadline-ms MS       send X-Deadline-Ms: MS with each request\n"
 "  --duration S           stop starting requests after S seconds\n"
-"  --timeout S            give up on a request after S seconds (default 120)\n"
+"  --timeout S            give up on a request after S seconds (default 120;\n"
+"                         0: never)\n"
 "  --health-rps R         GET /health R times a second on its own\n"
 "                         keep-alive connection\n"
 "  --cancel-frac F        cancel this fraction of requests by POST /cancel\n"

@@ -50,39 +50,43 @@ struct bench_case {
 	int64_t n;
 };
 
+static int
+cmp_double(const void *a, const void *b)
+{
+	const double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
 /*
- * Seconds per call of quantize(activations) + matmul: the best of several
- * trials of >= 0.1 s each, since other work on the machine only adds time.
+ * Seconds per call of quantize(activations) + matmul: the median over
+ * 0.4 s of individually timed calls, so that time the machine spends on
+ * other work (it shares its cores) only moves a few samples.
  */
 static double
 time_matmul(enum orcd_dtype t, int64_t n, uint8_t *const *w, int copies,
     size_t ws, int nr, const float *x, uint8_t *a, size_t as, int nc, float *out)
 {
 	const enum orcd_dtype at = quant_vec_dot_type(t);
-	double best = 1e30;
+	enum { MAX_SAMPLES = 100000 };
+	static double samples[MAX_SAMPLES];
+	const double start = now();
+	int ns = 0;
 
 	for (int i = 0; i < copies; i++)
 		quant_matmul(t, n, w[i], ws, nr, a, as, nc, out, (size_t)nr);
-	for (int trial = 0; trial < 7; trial++) {
-		const double t0 = now();
-		double el;
-		int iters = 0;
+	do {
+		for (int i = 0; i < copies && ns < MAX_SAMPLES; i++) {
+			const double t0 = now();
 
-		do {
-			for (int i = 0; i < copies; i++) {
-				for (int c = 0; c < nc; c++)
-					quant_quantize_row(at, x + (size_t)c * n,
-					    a + c * as, n);
-				quant_matmul(t, n, w[i], ws, nr, a, as, nc, out,
-				    (size_t)nr);
-			}
-			iters += copies;
-			el = now() - t0;
-		} while (el < 0.1);
-		if (el / iters < best)
-			best = el / iters;
-	}
-	return best;
+			for (int c = 0; c < nc; c++)
+				quant_quantize_row(at, x + (size_t)c * n, a + c * as, n);
+			quant_matmul(t, n, w[i], ws, nr, a, as, nc, out, (size_t)nr);
+			samples[ns++] = now() - t0;
+		}
+	} while (now() - start < 0.4 && ns < MAX_SAMPLES);
+	qsort(samples, (size_t)ns, sizeof(samples[0]), cmp_double);
+	return samples[ns / 2];
 }
 
 /* The threaded GEMV: workers spin on a generation counter. */

@@ -217,6 +217,15 @@ parse_params(struct req *r, json_t *params, int max_new, char *why, size_t whyle
 	if (rc == 0)
 		r->sp.seed = (uint64_t)i;
 
+	json_t *ie = json_object_get(params, "ignore_eos");
+	if (ie != NULL && !json_is_null(ie)) {
+		if (!json_is_boolean(ie)) {
+			snprintf(why, whylen, "params.ignore_eos must be true or false");
+			return -1;
+		}
+		r->ignore_eos = json_is_true(ie);
+	}
+
 	json_t *stop = json_object_get(params, "stop");
 	if (stop != NULL && !json_is_null(stop)) {
 		size_t idx;

@@ -478,7 +478,7 @@ deliver_token(struct req *r, int32_t tok)
 	const struct tokenizer *t = o->model->tok;
 	double now = orcd_now();
 
-	if (tokenizer_is_eog(t, tok)) {
+	if (!r->ignore_eos && tokenizer_is_eog(t, tok)) {
 		r->stop_reason = "eos";
 		req_set_state(r, REQ_FINISH);
 		return;

@@ -71,6 +71,7 @@ struct req {
 	char *stop[REQ_MAX_STOP];
 	size_t stop_len[REQ_MAX_STOP];
 	int n_stop;
+	bool ignore_eos;
 	struct sampler_params sp;
 	uint64_t deadline_ns;         /* monotonic; 0 = none */
 

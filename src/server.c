@@ -522,7 +522,7 @@ conn_process(struct conn *c)
 			llhttp_resume(&c->parser);
 		} else {
 			evbuffer_drain(in, evbuffer_get_length(in));
-			if (e == HPE_USER && c->fail_status != 0) {
+			if (c->fail_status != 0) {
 				char msg[128];
 
 				snprintf(msg, sizeof(msg), "request rejected: %s (limit: headers %ld "
@@ -762,22 +762,61 @@ listener_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
 	conn_accept(o, fd, peer);
 }
 
+/* "127.0.0.1:8080", "[::1]:8080", "0.0.0.0:0" (port 0: any free port). */
+static int
+parse_listen(const char *spec, struct sockaddr_storage *ss, int *sslen)
+{
+	char host[256];
+	const char *colon = strrchr(spec, ':');
+	char *end;
+	long port;
+	size_t hl;
+
+	if (colon == NULL || colon == spec)
+		return -1;
+	port = strtol(colon + 1, &end, 10);
+	if (*end != '\0' || end == colon + 1 || port < 0 || port > 65535)
+		return -1;
+	hl = (size_t)(colon - spec);
+	if (spec[0] == '[') {
+		if (hl < 3 || spec[hl - 1] != ']')
+			return -1;
+		spec++;
+		hl -= 2;
+	}
+	if (hl >= sizeof(host))
+		return -1;
+	memcpy(host, spec, hl);
+	host[hl] = '\0';
+	memset(ss, 0, sizeof(*ss));
+	struct sockaddr_in *in = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+	if (inet_pton(AF_INET, host, &in->sin_addr) == 1) {
+		in->sin_family = AF_INET;
+		in->sin_port = htons((uint16_t)port);
+		*sslen = sizeof(*in);
+		return 0;
+	}
+	if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons((uint16_t)port);
+		*sslen = sizeof(*in6);
+		return 0;
+	}
+	return -1;
+}
+
 static int
 listen_one(struct orcd *o, const char *spec, struct orcd_err *err)
 {
 	struct server *s = o->server;
 	struct sockaddr_storage ss;
-	int sslen = sizeof(ss);
-	char host[256];
-	const char *colon = strrchr(spec, ':');
+	int sslen;
 	struct evconnlistener *l;
 
-	if (colon == NULL || colon == spec || (size_t)(colon - spec) >= sizeof(host))
-		return orcd_errf(err, "listen: '%s' is not ADDR:PORT", spec);
-	memset(&ss, 0, sizeof(ss));
-	if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &sslen) != 0)
+	if (parse_listen(spec, &ss, &sslen) != 0)
 		return orcd_errf(err, "listen: cannot parse address '%s' (use 127.0.0.1:8080 "
-		    "or [::1]:8080)", spec);
+		    "or [::1]:8080; port 0 picks a free port)", spec);
 	l = evconnlistener_new_bind(o->base, listener_cb, o,
 	    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 1024,
 	    (struct sockaddr *)&ss, sslen);

@@ -372,23 +372,23 @@ FN(k45_row)(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 	accm[0] = accm[1] = _mm512_setzero_ps();
 	for (int64_t i = p->u0; i < p->u1; i++, x += wb, pk += (size_t)ng * K_PACK_GROUP) {
 		const uint8_t *qs = x + (t == ORCD_DTYPE_Q4_K ? 16 : 48);
-		/* bytes [sc0..sc7, m0..m7] in every 128-bit lane */
-		const __m512i sm = _mm512_broadcast_i32x4(k_scale_min_bytes(x + 4));
+		/* [sc0..sc7, m0..m7] as int16 */
+		const __m128i smb = k_scale_min_bytes(x + 4);
+		const __m512i sm = _mm512_zextsi256_si512(_mm256_cvtepu8_epi16(smb));
 		__m512i q[4], sc[4];
 
 #pragma GCC unroll 4
 		for (int j = 0; j < 4; j++) {
 			/* int16 lanes 0-15: scale 2j, 16-31: scale 2j + 1 */
-			const char lo = (char)(2 * j), hi = (char)(2 * j + 1), z = (char)0x80;
+			const short lo = (short)(2 * j), hi = (short)(2 * j + 1);
 
 			q[j] = _mm512_and_si512(_mm512_srlv_epi16(
 			    _mm512_broadcast_i64x4(_mm256_loadu_si256(
 			    (const __m256i *)(qs + 32 * j))), sh04), m4);
-			sc[j] = _mm512_shuffle_epi8(sm, _mm512_set_epi8(
-			    z, hi, z, hi, z, hi, z, hi, z, hi, z, hi, z, hi, z, hi,
-			    z, hi, z, hi, z, hi, z, hi, z, hi, z, hi, z, hi, z, hi,
-			    z, lo, z, lo, z, lo, z, lo, z, lo, z, lo, z, lo, z, lo,
-			    z, lo, z, lo, z, lo, z, lo, z, lo, z, lo, z, lo, z, lo));
+			sc[j] = _mm512_permutexvar_epi16(_mm512_set_epi16(
+			    hi, hi, hi, hi, hi, hi, hi, hi, hi, hi, hi, hi, hi, hi, hi, hi,
+			    lo, lo, lo, lo, lo, lo, lo, lo, lo, lo, lo, lo, lo, lo, lo, lo),
+			    sm);
 		}
 		if (t == ORCD_DTYPE_Q5_K) {
 			const __m512i qh = _mm512_broadcast_i64x4(
@@ -410,8 +410,8 @@ FN(k45_row)(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 		const __m512 vd = _mm512_set1_ps(half_f16c(load_u16(x)));
 		const __m512 vdmin = _mm512_set1_ps(half_f16c(load_u16(x + 2)));
 		/* m0..m7 as int16, in every 128-bit lane */
-		const __m512i mins = _mm512_cvtepu8_epi16(_mm256_broadcastsi128_si256(
-		    _mm_srli_si128(_mm512_castsi512_si128(sm), 8)));
+		const __m512i mins = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(
+		    _mm_srli_si128(smb, 8)));
 
 #pragma GCC unroll 2
 		for (int g = 0; g < ng; g++)
