@@ -65,7 +65,8 @@ cmp_double(const void *a, const void *b)
  */
 static double
 time_matmul(enum orcd_dtype t, int64_t n, uint8_t *const *w, int copies,
-    size_t ws, int nr, const float *x, uint8_t *a, size_t as, int nc, float *out)
+    size_t ws, int nr, const float *x, uint8_t *a, size_t as, int nc,
+    float *out)
 {
 	const enum orcd_dtype at = quant_vec_dot_type(t);
 	enum { MAX_SAMPLES = 100000 };
@@ -80,8 +81,10 @@ time_matmul(enum orcd_dtype t, int64_t n, uint8_t *const *w, int copies,
 			const double t0 = now();
 
 			for (int c = 0; c < nc; c++)
-				quant_quantize_row(at, x + (size_t)c * n, a + c * as, n);
-			quant_matmul(t, n, w[i], ws, nr, a, as, nc, out, (size_t)nr);
+				quant_quantize_row(
+				    at, x + (size_t)c * n, a + c * as, n);
+			quant_matmul(
+			    t, n, w[i], ws, nr, a, as, nc, out, (size_t)nr);
 			samples[ns++] = now() - t0;
 		}
 	} while (now() - start < 0.4 && ns < MAX_SAMPLES);
@@ -118,8 +121,8 @@ mt_part(struct mt *m, int id, int copy)
 	const int nr = m->nr - r0 < per ? m->nr - r0 : per;
 
 	if (nr > 0)
-		quant_matmul(m->t, m->n, m->w[copy] + (size_t)r0 * m->ws, m->ws, nr,
-		    m->a, 0, 1, m->out + r0, (size_t)m->nr);
+		quant_matmul(m->t, m->n, m->w[copy] + (size_t)r0 * m->ws, m->ws,
+		    nr, m->a, 0, 1, m->out + r0, (size_t)m->nr);
 }
 
 static void *
@@ -206,7 +209,8 @@ bench_one(const struct bench_case *bc)
 		x[i] = rand_float();
 	w[0] = malloc(mat);
 	for (int r = 0; r < nr; r++)
-		quant_quantize_row(t, x + (size_t)r * n, w[0] + (size_t)r * ws, n);
+		quant_quantize_row(
+		    t, x + (size_t)r * n, w[0] + (size_t)r * ws, n);
 	for (int i = 1; i < copies; i++) {
 		w[i] = malloc(mat);
 		memcpy(w[i], w[0], mat);
@@ -215,8 +219,10 @@ bench_one(const struct bench_case *bc)
 		x[i] = rand_float() * 4.0f;
 
 	const double hot = time_matmul(t, n, w, 1, ws, nr, x, a, as, 1, out);
-	const double cold = time_matmul(t, n, w, copies, ws, nr, x, a, as, 1, out);
-	const double gemm = time_matmul(t, n, w, 1, ws, nr, x, a, as, ncol, out);
+	const double cold =
+	    time_matmul(t, n, w, copies, ws, nr, x, a, as, 1, out);
+	const double gemm =
+	    time_matmul(t, n, w, 1, ws, nr, x, a, as, ncol, out);
 
 	printf("%-10s %-5s %5dx%-5lld  gemv hot %7.1f us %6.1f GB/s"
 	    "  cold %7.1f us %6.1f GB/s  nc=%d %8.0f us %6.1f GFLOP/s",
@@ -225,13 +231,20 @@ bench_one(const struct bench_case *bc)
 	    gemm * 1e6, 2.0 * nr * (double)n * ncol / gemm / 1e9);
 	const char *th = getenv("QUANT_BENCH_THREADS");
 	if (th != NULL && atoi(th) > 1 && atoi(th) <= 64) {
-		struct mt m = { .t = t, .n = n, .w = w, .copies = copies, .ws = ws,
-		    .nr = nr, .a = a, .out = out, .nthreads = atoi(th) };
+		struct mt m = { .t = t,
+			.n = n,
+			.w = w,
+			.copies = copies,
+			.ws = ws,
+			.nr = nr,
+			.a = a,
+			.out = out,
+			.nthreads = atoi(th) };
 
 		quant_quantize_row(at, x, a, n);
 		const double mt = time_gemv_mt(&m);
-		printf("  %d threads cold %7.1f us %6.1f GB/s", m.nthreads, mt * 1e6,
-		    (double)mat / mt / 1e9);
+		printf("  %d threads cold %7.1f us %6.1f GB/s", m.nthreads,
+		    mt * 1e6, (double)mat / mt / 1e9);
 	}
 	printf("\n");
 	fflush(stdout);
@@ -245,7 +258,8 @@ bench_one(const struct bench_case *bc)
 int
 main(int argc, char **argv)
 {
-	static const char *const all[] = { "scalar", "avx2", "avx512", "avx512vnni" };
+	static const char *const all[] = { "scalar", "avx2", "avx512",
+		"avx512vnni" };
 	/* Qwen2.5-0.5B shapes: ffn_down (896 x 4864) and ffn_up (4864 x 896);
 	 * K-quant rows must be whole super-blocks, so they use 4864 x 1024. */
 	static const struct bench_case cases[] = {
@@ -258,7 +272,8 @@ main(int argc, char **argv)
 		{ ORCD_DTYPE_Q5_1, 896, 4864 }, { ORCD_DTYPE_Q5_K, 896, 4864 },
 		{ ORCD_DTYPE_BF16, 896, 4864 }, { ORCD_DTYPE_F32, 896, 4864 },
 	};
-	const char *const *names = argc > 1 ? (const char *const *)argv + 1 : all;
+	const char *const *names = argc > 1 ? (const char *const *)argv + 1
+					    : all;
 	const int n_names = argc > 1 ? argc - 1 : 4;
 	const char *types = getenv("QUANT_BENCH_TYPES");
 
@@ -268,7 +283,8 @@ main(int argc, char **argv)
 			continue;
 		}
 		for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-			if (types != NULL && strstr(types, dtype_name(cases[i].t)) == NULL)
+			if (types != NULL &&
+			    strstr(types, dtype_name(cases[i].t)) == NULL)
 				continue;
 			bench_one(&cases[i]);
 		}

@@ -214,6 +214,21 @@ on_url(llhttp_t *p, const char *at, size_t n)
 	return growbuf_append(&c->url, at, n) == 0 ? 0 : conn_reject(c, 500, "out_of_memory");
 }
 
+/* RFC 9110 token characters: llhttp lets spaces in header names through,
+ * which would let "Host : x" mean something to a proxy and not to us. */
+static bool
+is_token(const char *s, size_t n)
+{
+	static const char extra[] = "!#$%&'*+-.^_`|~";
+
+	if (n == 0)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!isalnum((unsigned char)s[i]) && strchr(extra, s[i]) == NULL)
+			return false;
+	return true;
+}
+
 static int
 commit_header(struct conn *c)
 {
@@ -221,6 +236,8 @@ commit_header(struct conn *c)
 
 	if (c->field.n == 0)
 		return 0;
+	if (!is_token(c->field.p, c->field.n))
+		return conn_reject(c, 400, "bad_header_name");
 	if (r->n_hdr >= HTTP_MAX_HEADERS)
 		return conn_reject(c, 431, "too_many_headers");
 	r->hdr[r->n_hdr].name = c->field.p ? c->field.p : strdup("");
@@ -525,9 +542,13 @@ conn_process(struct conn *c)
 			if (c->fail_status != 0) {
 				char msg[128];
 
-				snprintf(msg, sizeof(msg), "request rejected: %s (limit: headers %ld "
-				    "bytes, body %ld bytes)", c->fail_code, c->o->cfg.max_header_bytes,
-				    c->o->cfg.max_body_bytes);
+				if (c->fail_status == 431 || c->fail_status == 413)
+					snprintf(msg, sizeof(msg), "request rejected: %s (limits: "
+					    "headers %ld bytes, %d header fields, body %ld bytes)",
+					    c->fail_code, c->o->cfg.max_header_bytes, HTTP_MAX_HEADERS,
+					    c->o->cfg.max_body_bytes);
+				else
+					snprintf(msg, sizeof(msg), "request rejected: %s", c->fail_code);
 				conn_fail(c, c->fail_status, c->fail_code, msg);
 			} else {
 				char msg[256];
@@ -585,6 +606,15 @@ conn_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct conn *c = arg;
 
+	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && c->phase == CONN_READING) {
+		/* half-closed in the middle of a request: say what was wrong */
+		llhttp_errno_t e = llhttp_finish(&c->parser);
+
+		conn_fail(c, 400, "incomplete_request", e == HPE_OK ?
+		    "the connection was closed before the request was complete" :
+		    llhttp_get_error_reason(&c->parser));
+		return;
+	}
 	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
 		log_debug("connection %llu from %s closed by peer%s",
 		    (unsigned long long)c->id, c->peer,

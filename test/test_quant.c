@@ -50,7 +50,8 @@ rng_next(void)
 static float
 rng_float(void)
 {
-	return (float)((double)(rng_next() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+	return (
+	    float)((double)(rng_next() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
 }
 
 /* Roughly normal, unit variance. */
@@ -147,7 +148,8 @@ rand_blocks(enum orcd_dtype t, uint8_t *p, int64_t n)
 			put16(b, rand_half(2.0f));
 			break;
 		case ORCD_DTYPE_BF16:
-			put16(b, (uint16_t)(float_bits(rng_float() * 2.0f) >> 16));
+			put16(b,
+			    (uint16_t)(float_bits(rng_float() * 2.0f) >> 16));
 			break;
 		case ORCD_DTYPE_Q4_0:
 		case ORCD_DTYPE_Q5_0:
@@ -175,7 +177,8 @@ rand_blocks(enum orcd_dtype t, uint8_t *p, int64_t n)
 }
 
 static void
-assert_floats_identical(const float *a, const float *b, int64_t n, const char *what)
+assert_floats_identical(
+    const float *a, const float *b, int64_t n, const char *what)
 {
 	for (int64_t i = 0; i < n; i++) {
 		if (float_bits(a[i]) != float_bits(b[i]) &&
@@ -222,32 +225,38 @@ ref_dequantize(enum orcd_dtype t, const uint8_t *p, float *y, int64_t n)
 		case ORCD_DTYPE_BF16:
 			o[0] = bits_float((uint32_t)get16(b) << 16);
 			break;
-		case ORCD_DTYPE_Q4_0:	/* d, 16 bytes: element j low/high nibble */
+		case ORCD_DTYPE_Q4_0: /* d, 16 bytes: j low, j + 16 high */
 			for (int e = 0; e < 32; e++) {
-				int q = e < 16 ? b[2 + e] & 15 : b[2 + e - 16] >> 4;
+				int q = e < 16 ? b[2 + e] & 15
+					       : b[2 + e - 16] >> 4;
 
 				o[e] = (float)(q - 8) * ref_half(get16(b));
 			}
 			break;
 		case ORCD_DTYPE_Q4_1:	/* d, m, 16 bytes */
 			for (int e = 0; e < 32; e++) {
-				int q = e < 16 ? b[4 + e] & 15 : b[4 + e - 16] >> 4;
+				int q = e < 16 ? b[4 + e] & 15
+					       : b[4 + e - 16] >> 4;
 
-				o[e] = (float)q * ref_half(get16(b)) + ref_half(get16(b + 2));
+				o[e] = (float)q * ref_half(get16(b)) +
+				    ref_half(get16(b + 2));
 			}
 			break;
 		case ORCD_DTYPE_Q5_0:	/* d, 32 high bits, 16 bytes */
 		case ORCD_DTYPE_Q5_1: {	/* d, m, 32 high bits, 16 bytes */
 			const int h = t == ORCD_DTYPE_Q5_0 ? 2 : 4;
-			const uint32_t qh = (uint32_t)b[h] | (uint32_t)b[h + 1] << 8 |
-			    (uint32_t)b[h + 2] << 16 | (uint32_t)b[h + 3] << 24;
+			const uint32_t qh = (uint32_t)b[h] |
+			    (uint32_t)b[h + 1] << 8 | (uint32_t)b[h + 2] << 16 |
+			    (uint32_t)b[h + 3] << 24;
 
 			for (int e = 0; e < 32; e++) {
-				int q = e < 16 ? b[h + 4 + e] & 15 : b[h + 4 + e - 16] >> 4;
+				int q = e < 16 ? b[h + 4 + e] & 15
+					       : b[h + 4 + e - 16] >> 4;
 
 				q += 16 * (int)((qh >> e) & 1);
 				if (t == ORCD_DTYPE_Q5_0)
-					o[e] = (float)(q - 16) * ref_half(get16(b));
+					o[e] = (float)(q - 16) *
+					    ref_half(get16(b));
 				else
 					o[e] = (float)q * ref_half(get16(b)) +
 					    ref_half(get16(b + 2));
@@ -256,41 +265,51 @@ ref_dequantize(enum orcd_dtype t, const uint8_t *p, float *y, int64_t n)
 		}
 		case ORCD_DTYPE_Q8_0:	/* d, 32 int8 */
 			for (int e = 0; e < 32; e++)
-				o[e] = (float)(int8_t)b[2 + e] * ref_half(get16(b));
+				o[e] = (float)(int8_t)b[2 + e] *
+				    ref_half(get16(b));
 			break;
 		case ORCD_DTYPE_Q8_1:	/* d, s, 32 int8 */
 			for (int e = 0; e < 32; e++)
-				o[e] = (float)(int8_t)b[4 + e] * ref_half(get16(b));
+				o[e] = (float)(int8_t)b[4 + e] *
+				    ref_half(get16(b));
 			break;
 		case ORCD_DTYPE_Q4_K:	/* d, dmin, 12 scale bytes, 128 bytes */
 		case ORCD_DTYPE_Q5_K: {	/* ..., 32 high-bit bytes, 128 bytes */
-			const float d = ref_half(get16(b)), dmin = ref_half(get16(b + 2));
+			const float d = ref_half(get16(b)),
+				    dmin = ref_half(get16(b + 2));
 			const uint8_t *qh = b + 16;
-			const uint8_t *qs = b + (t == ORCD_DTYPE_Q4_K ? 16 : 48);
+			const uint8_t *qs =
+			    b + (t == ORCD_DTYPE_Q4_K ? 16 : 48);
 
 			for (int e = 0; e < 256; e++) {
-				int pair = e / 64, l = e % 32, upper = (e % 64) >= 32;
-				int q = upper ? qs[32 * pair + l] >> 4 : qs[32 * pair + l] & 15;
+				int pair = e / 64, l = e % 32,
+				    upper = (e % 64) >= 32;
+				int q = upper ? qs[32 * pair + l] >> 4
+					      : qs[32 * pair + l] & 15;
 				int sc, m;
 
 				if (t == ORCD_DTYPE_Q5_K)
-					q += 16 * ((qh[l] >> (2 * pair + upper)) & 1);
+					q += 16 *
+					    ((qh[l] >> (2 * pair + upper)) & 1);
 				ref_scale_min(b + 4, e / 32, &sc, &m);
-				o[e] = d * (float)sc * (float)q - dmin * (float)m;
+				o[e] =
+				    d * (float)sc * (float)q - dmin * (float)m;
 			}
 			break;
 		}
-		case ORCD_DTYPE_Q6_K: {	/* 128 low-nibble bytes, 64 high, 16 scales, d */
+		case ORCD_DTYPE_Q6_K: { /* 128 ql, 64 qh, 16 scales, d */
 			const float d = ref_half(get16(b + 208));
 
 			for (int e = 0; e < 256; e++) {
-				int half = e / 128, quarter = (e % 128) / 32, l = e % 32;
+				int half = e / 128, quarter = (e % 128) / 32,
+				    l = e % 32;
 				int lo = b[64 * half + 32 * (quarter & 1) + l];
 				int hi = b[128 + 32 * half + l];
 				int q = (quarter < 2 ? lo & 15 : lo >> 4) |
 				    (((hi >> (2 * quarter)) & 3) << 4);
 
-				o[e] = d * (float)(int8_t)b[192 + e / 16] * (float)(q - 32);
+				o[e] = d * (float)(int8_t)b[192 + e / 16] *
+				    (float)(q - 32);
 			}
 			break;
 		}
@@ -328,7 +347,7 @@ test_dtype_geometry(void **state)
 	assert_int_equal(dtype_block_bytes(ORCD_DTYPE_Q8_K), 292);
 	assert_int_equal(dtype_block_elems(ORCD_DTYPE_Q6_K), 256);
 	assert_int_equal(dtype_block_elems(ORCD_DTYPE_F16), 1);
-	assert_int_equal(dtype_block_bytes(4), 0);	/* Q4_2: gone from ggml */
+	assert_int_equal(dtype_block_bytes(4), 0); /* Q4_2: gone from ggml */
 	assert_int_equal(dtype_block_bytes(-1), 0);
 	assert_int_equal(dtype_block_bytes(ORCD_DTYPE_COUNT), 0);
 	assert_null(dtype_name(10));	/* Q2_K: not supported */
@@ -385,14 +404,15 @@ test_fp16_edges(void **state)
 		uint16_t h = quant_fp32_to_fp16(bits_float(cases[i].f));
 
 		if (h != cases[i].h) {
-			print_error("fp32 %08x -> %04x, want %04x\n", cases[i].f, h,
-			    cases[i].h);
+			print_error("fp32 %08x -> %04x, want %04x\n",
+			    cases[i].f, h, cases[i].h);
 			fail();
 		}
 	}
 	/* Every half converts exactly and converts back to itself. */
 	for (uint32_t h = 0; h < 65536; h++) {
-		float f = quant_fp16_to_fp32((uint16_t)h), r = ref_half((uint16_t)h);
+		float f = quant_fp16_to_fp32((uint16_t)h),
+		      r = ref_half((uint16_t)h);
 
 		if (isnan(r)) {
 			assert_true(isnan(f));
@@ -430,7 +450,8 @@ test_fp16_rows(void **state)
 	enum { N = 65536 + 7 };
 	float *f = malloc(N * sizeof(float)), *g = malloc(N * sizeof(float));
 	float *back = malloc(N * sizeof(float));
-	uint16_t *h = malloc(N * sizeof(uint16_t)), *h2 = malloc(N * sizeof(uint16_t));
+	uint16_t *h = malloc(N * sizeof(uint16_t)),
+		 *h2 = malloc(N * sizeof(uint16_t));
 	uint16_t *all = malloc(N * sizeof(uint16_t));
 
 	(void)state;
@@ -460,7 +481,8 @@ test_fp16_rows(void **state)
 		quant_fp16_row_from_fp32(f, h2, N);
 		for (int i = 0; i < N; i++) {
 			if (h2[i] != h[i]) {
-				print_error("%s: fp32 %08x -> %04x, scalar %04x\n",
+				print_error(
+				    "%s: fp32 %08x -> %04x, scalar %04x\n",
 				    isas[k], float_bits(f[i]), h2[i], h[i]);
 				fail();
 			}
@@ -491,7 +513,8 @@ test_dequantize_exact(void **state)
 {
 	enum { N = 256 * 16 };
 	uint8_t *blocks = malloc(N * 4);
-	float *want = malloc(N * sizeof(float)), *got = malloc(N * sizeof(float));
+	float *want = malloc(N * sizeof(float)),
+	      *got = malloc(N * sizeof(float));
 
 	(void)state;
 	for (size_t k = 0; k < sizeof(all_types) / sizeof(all_types[0]); k++) {
@@ -549,10 +572,12 @@ test_roundtrip(void **state)
 		}
 		const double rel = sqrt(err / ref);
 		for (int i = 256; i < 512; i++)
-			assert_true(fabs(y[i] + 0.5) < 0.5 * 3 * bounds[k].max_rel_rms);
+			assert_true(
+			    fabs(y[i] + 0.5) < 0.5 * 3 * bounds[k].max_rel_rms);
 		if (rel > bounds[k].max_rel_rms) {
 			print_error("%s: relative rms error %g > %g\n",
-			    dtype_name(bounds[k].t), rel, bounds[k].max_rel_rms);
+			    dtype_name(bounds[k].t), rel,
+			    bounds[k].max_rel_rms);
 			fail();
 		}
 	}
@@ -582,7 +607,8 @@ ref_quantize_act(enum orcd_dtype t, const float *x, uint8_t *out, int64_t n)
 			for (int j = 0; j < 256; j++) {
 				long v = lrintf(iscale * x[j]);
 
-				out[4 + j] = (uint8_t)(int8_t)(v > 127 ? 127 : v);
+				out[4 + j] =
+				    (uint8_t)(int8_t)(v > 127 ? 127 : v);
 			}
 			for (int g = 0; g < 16; g++) {
 				int s = 0;
@@ -632,7 +658,7 @@ test_activation_quantizers(void **state)
 
 	(void)state;
 	for (int i = 0; i < N; i++) {
-		/* Values on the half-way points of the grid test the rounding. */
+		/* Half-way points of the grid test the rounding. */
 		x[i] = i % 7 == 0 ? (float)(i % 13) - 6.5f : rng_normal() *
 		    (float)(1 + i / 1024);
 	}
@@ -652,9 +678,10 @@ test_activation_quantizers(void **state)
 			quant_quantize_row(types[k], x, got, N);
 			for (size_t b = 0; b < bytes; b++) {
 				if (got[b] != want[b]) {
-					print_error("%s %s: byte %zu: %02x != %02x\n",
-					    isas[s], dtype_name(types[k]), b, got[b],
-					    want[b]);
+					print_error(
+					    "%s %s: byte %zu: %02x != %02x\n",
+					    isas[s], dtype_name(types[k]), b,
+					    got[b], want[b]);
 					fail();
 				}
 			}
@@ -696,22 +723,27 @@ check_matmul(enum orcd_dtype t, int64_t n, int nr, int nc, const uint8_t *w,
 				const size_t wb = dtype_block_bytes(t);
 
 				for (int64_t b = 0; b < n / 32; b++) {
-					const uint8_t *wb_ = w + r * ws + b * wb;
+					const uint8_t *wb_ =
+					    w + r * ws + b * wb;
 					const uint8_t *ab = a + c * as + b * 36;
 					double sq = 0.0;
 
 					for (int j = 0; j < 32; j++)
 						sq += (int8_t)ab[4 + j];
-					ref += (double)ref_half(get16(wb_ + 2)) *
+					ref +=
+					    (double)ref_half(get16(wb_ + 2)) *
 					    ((double)ref_half(get16(ab + 2)) -
-					    (double)ref_half(get16(ab)) * sq);
+						(double)ref_half(get16(ab)) *
+						    sq);
 				}
 			}
 			const double got = out[(size_t)c * ldo + r];
 			if (!(fabs(got - ref) <= tol * mag + 1e-30)) {
-				print_error("%s %s n=%lld nr=%d nc=%d r=%d c=%d: "
-				    "%.9g vs %.9g (mag %.3g)\n", isa, dtype_name(t),
-				    (long long)n, nr, nc, r, c, got, ref, mag);
+				print_error(
+				    "%s %s n=%lld nr=%d nc=%d r=%d c=%d: "
+				    "%.9g vs %.9g (mag %.3g)\n",
+				    isa, dtype_name(t), (long long)n, nr, nc, r,
+				    c, got, ref, mag);
 				fail();
 			}
 		}
@@ -721,7 +753,8 @@ check_matmul(enum orcd_dtype t, int64_t n, int nr, int nc, const uint8_t *w,
 static void
 test_matmul(void **state)
 {
-	const int64_t sizes_legacy[] = { 32, 64, 96, 160, 4096 + 256, 4096 + 256 + 96 };
+	const int64_t sizes_legacy[] = { 32, 64, 96, 160, 4096 + 256,
+		4096 + 256 + 96 };
 	const int64_t sizes_k[] = { 256, 512, 768, 4096 + 256 };
 	const int64_t sizes_float[] = { 1, 7, 16, 33, 96, 4096 + 256 + 5 };
 	enum { MAXN = 4608, MAXR = 9 };
@@ -751,7 +784,8 @@ test_matmul(void **state)
 
 			for (int r = 0; r < MAXR; r++) {
 				rand_blocks(t, w + r * ws, n);
-				ref_dequantize(t, w + r * ws, wf + (size_t)r * n, n);
+				ref_dequantize(
+				    t, w + r * ws, wf + (size_t)r * n, n);
 			}
 			for (int c = 0; c < MAXR; c++)
 				for (int64_t i = 0; i < n; i++)
@@ -760,25 +794,26 @@ test_matmul(void **state)
 				if (quant_set_isa(isas[s]) != 0)
 					continue;
 				for (int c = 0; c < MAXR; c++) {
-					quant_quantize_row(at, x + (size_t)c * n,
-					    a + c * as, n);
+					quant_quantize_row(at,
+					    x + (size_t)c * n, a + c * as, n);
 					ref_dequantize(at, a + c * as,
 					    af + (size_t)c * n, n);
 				}
 				for (int nr = 1; nr <= MAXR; nr++) {
 					for (int nc = 1; nc <= MAXR; nc++) {
-						/* Large rows: a subset of shapes. */
+						/* Large rows: some shapes. */
 						if (n > 1024 && nr % 4 != 1 &&
 						    nr != 4 && nr != 8)
 							continue;
-						check_matmul(t, n, nr, nc, w, ws, wf, a,
-						    as, af, out, 13, isas[s]);
+						check_matmul(t, n, nr, nc, w,
+						    ws, wf, a, as, af, out, 13,
+						    isas[s]);
 					}
 				}
 				/* nc = 1 with a zero activation stride, as the
 				 * attention code calls it. */
-				check_matmul(t, n, 7, 1, w, ws, wf, a, 0, af, out, 16,
-				    isas[s]);
+				check_matmul(t, n, 7, 1, w, ws, wf, a, 0, af,
+				    out, 16, isas[s]);
 				float v = quant_vec_dot(t, n, w, a);
 				quant_matmul(t, n, w, ws, 1, a, as, 1, out, 1);
 				assert_true(v == out[0]);
@@ -800,7 +835,8 @@ static void
 test_matmul_isas_agree(void **state)
 {
 	enum { N = 4864, R = 11, C = 6 };
-	float *x = malloc(sizeof(float) * N * R), *y = malloc(sizeof(float) * N * C);
+	float *x = malloc(sizeof(float) * N * R),
+	      *y = malloc(sizeof(float) * N * C);
 	uint8_t *w = malloc((size_t)N * 4 * R), *a = malloc((size_t)N * 4 * C);
 	float *x2 = malloc(sizeof(float) * N), *y2 = malloc(sizeof(float) * N);
 	float ref[R * C], got[R * C];
@@ -814,7 +850,8 @@ test_matmul_isas_agree(void **state)
 	for (size_t k = 0; k < N_WEIGHT_TYPES; k++) {
 		const enum orcd_dtype t = weight_types[k];
 		const enum orcd_dtype at = quant_vec_dot_type(t);
-		const int64_t n = dtype_block_elems(t) == 256 ? 4864 : 4864 - 32;
+		const int64_t n = dtype_block_elems(t) == 256 ? 4864
+							      : 4864 - 32;
 		uint64_t ws, as;
 
 		assert_true(dtype_row_bytes(t, (uint64_t)n, &ws));
@@ -832,7 +869,8 @@ test_matmul_isas_agree(void **state)
 				quant_dequantize_row(t, w + r * ws, x2, n);
 				mag[c * R + r] = 0.0;
 				for (int64_t i = 0; i < n; i++)
-					mag[c * R + r] += fabs((double)x2[i] * y2[i]);
+					mag[c * R + r] +=
+					    fabs((double)x2[i] * y2[i]);
 			}
 		}
 		for (size_t s = 1; s < N_ISAS; s++) {
@@ -843,8 +881,10 @@ test_matmul_isas_agree(void **state)
 				const double scale = mag[i];
 
 				if (fabs(got[i] - ref[i]) > 1e-5 * scale) {
-					print_error("%s %s out %d: %.9g vs scalar %.9g\n",
-					    isas[s], dtype_name(t), i, got[i], ref[i]);
+					print_error("%s %s out %d: %.9g vs "
+						    "scalar %.9g\n",
+					    isas[s], dtype_name(t), i, got[i],
+					    ref[i]);
 					fail();
 				}
 			}

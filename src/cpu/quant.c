@@ -49,7 +49,7 @@ quant_fp32_to_bf16(float f)
 	uint32_t u;
 
 	memcpy(&u, &f, sizeof(u));
-	if ((u & 0x7fffffff) > 0x7f800000)	/* NaN: keep it, make it quiet */
+	if ((u & 0x7fffffff) > 0x7f800000) /* NaN: keep it, make it quiet */
 		return (uint16_t)((u >> 16) | 64);
 	return (uint16_t)((u + (0x7fff + ((u >> 16) & 1))) >> 16);
 }
@@ -259,7 +259,8 @@ static void
 pack_nibbles(const uint8_t *q, uint8_t *qs)
 {
 	for (int j = 0; j < QUANT_QK / 2; j++)
-		qs[j] = (uint8_t)((q[j] & 0x0f) | ((q[j + QUANT_QK / 2] & 0x0f) << 4));
+		qs[j] = (uint8_t)((q[j] & 0x0f) |
+		    ((q[j + QUANT_QK / 2] & 0x0f) << 4));
 }
 
 static uint32_t
@@ -365,7 +366,8 @@ quantize_k_scales(const float *x, int nlevels, uint16_t *dh, uint16_t *dminh,
 		scales[j + 4] = (uint8_t)m[j];
 	}
 	for (int j = 4; j < 8; j++) {
-		scales[j + 4] = (uint8_t)((sc[j] & 0x0f) | ((m[j] & 0x0f) << 4));
+		scales[j + 4] =
+		    (uint8_t)((sc[j] & 0x0f) | ((m[j] & 0x0f) << 4));
 		scales[j - 4] |= (uint8_t)((sc[j] >> 4) << 6);
 		scales[j] |= (uint8_t)((m[j] >> 4) << 6);
 	}
@@ -435,14 +437,16 @@ quantize_q6_K(const float *x, void *dst, int64_t n)
 		const float id = d != 0.0f ? 1.0f / d : 0.0f;
 
 		for (int g = 0; g < 16; g++) {
-			int sc = clampi(quant_nearest_int(gscale[g] * id), -127, 127);
+			int sc = clampi(
+			    quant_nearest_int(gscale[g] * id), -127, 127);
 			const float ds = d * (float)sc;
 			const float ids = ds != 0.0f ? 1.0f / ds : 0.0f;
 
 			y[i].scales[g] = (int8_t)sc;
 			for (int j = 0; j < 16; j++)
-				q[16 * g + j] = (uint8_t)clampi(quant_nearest_int(
-				    x[16 * g + j] * ids) + 32, 0, 63);
+				q[16 * g + j] = (uint8_t)clampi(
+				    quant_nearest_int(x[16 * g + j] * ids) + 32,
+				    0, 63);
 		}
 		for (int h = 0; h < 2; h++) {
 			const uint8_t *qq = q + 128 * h;
@@ -453,8 +457,8 @@ quantize_q6_K(const float *x, void *dst, int64_t n)
 
 				y[i].ql[64 * h + l] = (uint8_t)((q1 & 0x0f) |
 				    ((q3 & 0x0f) << 4));
-				y[i].ql[64 * h + l + 32] = (uint8_t)((q2 & 0x0f) |
-				    ((q4 & 0x0f) << 4));
+				y[i].ql[64 * h + l + 32] =
+				    (uint8_t)((q2 & 0x0f) | ((q4 & 0x0f) << 4));
 				y[i].qh[32 * h + l] = (uint8_t)((q1 >> 4) |
 				    ((q2 >> 4) << 2) | ((q3 >> 4) << 4) |
 				    ((q4 >> 4) << 6));
@@ -464,6 +468,28 @@ quantize_q6_K(const float *x, void *dst, int64_t n)
 }
 
 /* ------------------------------------------------------- dequantization */
+
+/*
+ * Q6_K element l (0..31) of quarter k (0..3) of a 128-element half: the
+ * low 4 bits from ql (low nibbles of bytes 0-31 or 32-63, then the high
+ * nibbles), the high 2 bits from qh[l], minus 32.
+ */
+static inline int
+q6_value(const uint8_t *ql, const uint8_t *qh, int l, int k)
+{
+	const int lo = ql[l + 32 * (k & 1)];
+
+	const int hi = (qh[l] >> (2 * k)) & 3;
+
+	return ((k < 2 ? lo & 0x0f : lo >> 4) | (hi << 4)) - 32;
+}
+
+/* The fifth bit of Q5 element j, from the 32-bit qh. */
+static inline int
+q5_high(uint32_t qh, int j)
+{
+	return (int)((qh >> j) & 1) << 4;
+}
 
 static void
 dequantize_q4_0(const void *src, float *y, int64_t n)
@@ -475,7 +501,8 @@ dequantize_q4_0(const void *src, float *y, int64_t n)
 
 		for (int j = 0; j < QUANT_QK / 2; j++) {
 			y[j] = (float)((x[i].qs[j] & 0x0f) - 8) * d;
-			y[j + QUANT_QK / 2] = (float)((x[i].qs[j] >> 4) - 8) * d;
+			y[j + QUANT_QK / 2] =
+			    (float)((x[i].qs[j] >> 4) - 8) * d;
 		}
 	}
 }
@@ -507,11 +534,11 @@ dequantize_q5_0(const void *src, float *y, int64_t n)
 
 		memcpy(&qh, x[i].qh, sizeof(qh));
 		for (int j = 0; j < QUANT_QK / 2; j++) {
-			int h0 = (qh >> j) & 1, h1 = (qh >> (j + 16)) & 1;
+			const int q0 = (x[i].qs[j] & 0x0f) | q5_high(qh, j);
+			const int q1 = (x[i].qs[j] >> 4) | q5_high(qh, j + 16);
 
-			y[j] = (float)(((x[i].qs[j] & 0x0f) | (h0 << 4)) - 16) * d;
-			y[j + QUANT_QK / 2] =
-			    (float)(((x[i].qs[j] >> 4) | (h1 << 4)) - 16) * d;
+			y[j] = (float)(q0 - 16) * d;
+			y[j + QUANT_QK / 2] = (float)(q1 - 16) * d;
 		}
 	}
 }
@@ -528,11 +555,11 @@ dequantize_q5_1(const void *src, float *y, int64_t n)
 
 		memcpy(&qh, x[i].qh, sizeof(qh));
 		for (int j = 0; j < QUANT_QK / 2; j++) {
-			int h0 = (qh >> j) & 1, h1 = (qh >> (j + 16)) & 1;
+			const int q0 = (x[i].qs[j] & 0x0f) | q5_high(qh, j);
+			const int q1 = (x[i].qs[j] >> 4) | q5_high(qh, j + 16);
 
-			y[j] = (float)((x[i].qs[j] & 0x0f) | (h0 << 4)) * d + m;
-			y[j + QUANT_QK / 2] =
-			    (float)((x[i].qs[j] >> 4) | (h1 << 4)) * d + m;
+			y[j] = (float)q0 * d + m;
+			y[j + QUANT_QK / 2] = (float)q1 * d + m;
 		}
 	}
 }
@@ -607,12 +634,18 @@ dequantize_q5_K(const void *src, float *y, int64_t n)
 			quant_k_scale_min(2 * p + 1, x[i].scales, &sc, &m);
 			const float d2 = d * (float)sc, m2 = dmin * (float)m;
 
-			for (int l = 0; l < 32; l++)
-				*y++ = d1 * (float)((ql[l] & 0x0f) +
-				    (((qh[l] >> (2 * p)) & 1) << 4)) - m1;
-			for (int l = 0; l < 32; l++)
-				*y++ = d2 * (float)((ql[l] >> 4) +
-				    (((qh[l] >> (2 * p + 1)) & 1) << 4)) - m2;
+			for (int l = 0; l < 32; l++) {
+				const int q = (ql[l] & 0x0f) +
+				    (((qh[l] >> (2 * p)) & 1) << 4);
+
+				*y++ = d1 * (float)q - m1;
+			}
+			for (int l = 0; l < 32; l++) {
+				const int q = (ql[l] >> 4) +
+				    (((qh[l] >> (2 * p + 1)) & 1) << 4);
+
+				*y++ = d2 * (float)q - m2;
+			}
 		}
 	}
 }
@@ -627,19 +660,20 @@ dequantize_q6_K(const void *src, float *y, int64_t n)
 		const uint8_t *ql = x[i].ql, *qh = x[i].qh;
 		const int8_t *sc = x[i].scales;
 
-		for (int h = 0; h < 2; h++, y += 128, ql += 64, qh += 32, sc += 8) {
+		for (int h = 0; h < 2; h++) {
 			for (int l = 0; l < 32; l++) {
-				int is = l / 16;
-				int q1 = ((ql[l] & 0x0f) | (((qh[l] >> 0) & 3) << 4)) - 32;
-				int q2 = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) - 32;
-				int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-				int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+				const int is = l / 16;
 
-				y[l] = d * (float)sc[is] * (float)q1;
-				y[l + 32] = d * (float)sc[is + 2] * (float)q2;
-				y[l + 64] = d * (float)sc[is + 4] * (float)q3;
-				y[l + 96] = d * (float)sc[is + 6] * (float)q4;
+				/* d * sc * q, in that order, as ggml */
+				for (int k = 0; k < 4; k++)
+					y[l + 32 * k] = d *
+					    (float)sc[is + 2 * k] *
+					    (float)q6_value(ql, qh, l, k);
 			}
+			y += 128;
+			ql += 64;
+			qh += 32;
+			sc += 8;
 		}
 	}
 }
@@ -679,7 +713,8 @@ dot_f16(int64_t n, const void *wv, const void *av)
 	double sum = 0.0;
 
 	for (int64_t i = 0; i < n; i++)
-		sum += (double)(quant_half_to_float(w[i]) * quant_half_to_float(a[i]));
+		sum += (double)(quant_half_to_float(w[i]) *
+		    quant_half_to_float(a[i]));
 	return (float)sum;
 }
 
@@ -690,7 +725,8 @@ dot_bf16(int64_t n, const void *wv, const void *av)
 	double sum = 0.0;
 
 	for (int64_t i = 0; i < n; i++)
-		sum += (double)(quant_bf16_to_fp32(w[i]) * quant_bf16_to_fp32(a[i]));
+		sum += (double)(quant_bf16_to_fp32(w[i]) *
+		    quant_bf16_to_fp32(a[i]));
 	return (float)sum;
 }
 
@@ -746,10 +782,13 @@ dot_q5_0(int64_t n, const void *wv, const void *av)
 
 		memcpy(&qh, w[i].qh, sizeof(qh));
 		for (int j = 0; j < QUANT_QK / 2; j++) {
-			int q0 = ((w[i].qs[j] & 0x0f) | (int)(((qh >> j) & 1) << 4)) - 16;
-			int q1 = ((w[i].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4)) - 16;
+			const int q0 =
+			    ((w[i].qs[j] & 0x0f) | q5_high(qh, j)) - 16;
+			const int q1 =
+			    ((w[i].qs[j] >> 4) | q5_high(qh, j + 16)) - 16;
 
-			sumi += q0 * a[i].qs[j] + q1 * a[i].qs[j + QUANT_QK / 2];
+			sumi +=
+			    q0 * a[i].qs[j] + q1 * a[i].qs[j + QUANT_QK / 2];
 		}
 		sum += (float)sumi * (quant_half_to_float(w[i].d) *
 		    quant_half_to_float(a[i].d));
@@ -770,10 +809,11 @@ dot_q5_1(int64_t n, const void *wv, const void *av)
 
 		memcpy(&qh, w[i].qh, sizeof(qh));
 		for (int j = 0; j < QUANT_QK / 2; j++) {
-			int q0 = (w[i].qs[j] & 0x0f) | (int)(((qh >> j) & 1) << 4);
-			int q1 = (w[i].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
+			const int q0 = (w[i].qs[j] & 0x0f) | q5_high(qh, j);
+			const int q1 = (w[i].qs[j] >> 4) | q5_high(qh, j + 16);
 
-			sumi += q0 * a[i].qs[j] + q1 * a[i].qs[j + QUANT_QK / 2];
+			sumi +=
+			    q0 * a[i].qs[j] + q1 * a[i].qs[j + QUANT_QK / 2];
 		}
 		sum += (float)sumi * (quant_half_to_float(w[i].d) *
 		    quant_half_to_float(a[i].d)) +
@@ -810,6 +850,7 @@ dot_q4_K(int64_t n, const void *wv, const void *av)
 	for (int64_t i = 0; i < n / QUANT_QK_K; i++) {
 		const uint8_t *q = w[i].qs;
 		const int8_t *y = a[i].qs;
+		const int16_t *bs = a[i].bsums;
 		int sumi = 0, summ = 0;
 
 		for (int p = 0; p < 4; p++, q += 32, y += 64) {
@@ -822,8 +863,8 @@ dot_q4_K(int64_t n, const void *wv, const void *av)
 				s1 += (q[l] >> 4) * y[l + 32];
 			}
 			sumi += sc0 * s0 + sc1 * s1;
-			summ += m0 * (a[i].bsums[4 * p] + a[i].bsums[4 * p + 1]) +
-			    m1 * (a[i].bsums[4 * p + 2] + a[i].bsums[4 * p + 3]);
+			summ += m0 * (bs[4 * p] + bs[4 * p + 1]) +
+			    m1 * (bs[4 * p + 2] + bs[4 * p + 3]);
 		}
 		sum += a[i].d * (quant_half_to_float(w[i].d) * (float)sumi -
 		    quant_half_to_float(w[i].dmin) * (float)summ);
@@ -841,6 +882,7 @@ dot_q5_K(int64_t n, const void *wv, const void *av)
 	for (int64_t i = 0; i < n / QUANT_QK_K; i++) {
 		const uint8_t *q = w[i].qs, *qh = w[i].qh;
 		const int8_t *y = a[i].qs;
+		const int16_t *bs = a[i].bsums;
 		int sumi = 0, summ = 0;
 
 		for (int p = 0; p < 4; p++, q += 32, y += 64) {
@@ -849,13 +891,16 @@ dot_q5_K(int64_t n, const void *wv, const void *av)
 			quant_k_scale_min(2 * p, w[i].scales, &sc0, &m0);
 			quant_k_scale_min(2 * p + 1, w[i].scales, &sc1, &m1);
 			for (int l = 0; l < 32; l++) {
-				s0 += ((q[l] & 0x0f) | (((qh[l] >> (2 * p)) & 1) << 4)) * y[l];
-				s1 += ((q[l] >> 4) | (((qh[l] >> (2 * p + 1)) & 1) << 4)) *
-				    y[l + 32];
+				const int h0 = ((qh[l] >> (2 * p)) & 1) << 4;
+				const int h1 =
+				    ((qh[l] >> (2 * p + 1)) & 1) << 4;
+
+				s0 += ((q[l] & 0x0f) | h0) * y[l];
+				s1 += ((q[l] >> 4) | h1) * y[l + 32];
 			}
 			sumi += sc0 * s0 + sc1 * s1;
-			summ += m0 * (a[i].bsums[4 * p] + a[i].bsums[4 * p + 1]) +
-			    m1 * (a[i].bsums[4 * p + 2] + a[i].bsums[4 * p + 3]);
+			summ += m0 * (bs[4 * p] + bs[4 * p + 1]) +
+			    m1 * (bs[4 * p + 2] + bs[4 * p + 3]);
 		}
 		sum += a[i].d * (quant_half_to_float(w[i].d) * (float)sumi -
 		    quant_half_to_float(w[i].dmin) * (float)summ);
@@ -875,39 +920,36 @@ dot_q6_K(int64_t n, const void *wv, const void *av)
 		const int8_t *y = a[i].qs, *sc = w[i].scales;
 		int sumi = 0;
 
-		for (int h = 0; h < 2; h++, ql += 64, qh += 32, y += 128, sc += 8) {
+		for (int h = 0; h < 2; h++) {
 			int g[8] = { 0 };
 
-			for (int l = 0; l < 32; l++) {
-				int is = l / 16;
-				int q1 = ((ql[l] & 0x0f) | (((qh[l] >> 0) & 3) << 4)) - 32;
-				int q2 = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) - 32;
-				int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-				int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-
-				g[is] += q1 * y[l];
-				g[is + 2] += q2 * y[l + 32];
-				g[is + 4] += q3 * y[l + 64];
-				g[is + 6] += q4 * y[l + 96];
-			}
+			for (int l = 0; l < 32; l++)
+				for (int k = 0; k < 4; k++)
+					g[l / 16 + 2 * k] +=
+					    q6_value(ql, qh, l, k) *
+					    y[l + 32 * k];
 			for (int k = 0; k < 8; k++)
 				sumi += sc[k] * g[k];
+			ql += 64;
+			qh += 32;
+			y += 128;
+			sc += 8;
 		}
 		sum += a[i].d * quant_half_to_float(w[i].d) * (float)sumi;
 	}
 	return sum;
 }
 
-#define QUANT_SCALAR_MATMUL(name, dot)						\
-void										\
-name(int64_t n, const void *w, size_t w_stride, int nr, const void *a,		\
-    size_t a_stride, int nc, float *out, size_t ldo)				\
-{										\
-	for (int c = 0; c < nc; c++)						\
-		for (int r = 0; r < nr; r++)					\
-			out[(size_t)c * ldo + r] = dot(n,			\
-			    (const uint8_t *)w + (size_t)r * w_stride,		\
-			    (const uint8_t *)a + (size_t)c * a_stride);		\
+#define QUANT_SCALAR_MATMUL(name, dot)					\
+void									\
+name(int64_t n, const void *w, size_t w_stride, int nr, const void *a,	\
+    size_t a_stride, int nc, float *out, size_t ldo)			\
+{									\
+	for (int c = 0; c < nc; c++)					\
+		for (int r = 0; r < nr; r++)				\
+			out[(size_t)c * ldo + r] = dot(n,		\
+			    (const uint8_t *)w + (size_t)r * w_stride,	\
+			    (const uint8_t *)a + (size_t)c * a_stride);	\
 }
 
 QUANT_SCALAR_MATMUL(quant_scalar_matmul_f32, dot_f32)
@@ -1120,7 +1162,8 @@ quant_isa_supported(const struct quant_kernels *k)
 	__builtin_cpu_init();
 	if (k == &quant_kernels_avx2)
 		return __builtin_cpu_supports("avx2") &&
-		    __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+		    __builtin_cpu_supports("fma") &&
+		    __builtin_cpu_supports("f16c");
 	if (k == &quant_kernels_avx512 || k == &quant_kernels_avx512vnni) {
 		if (!quant_isa_supported(&quant_kernels_avx2) ||
 		    !__builtin_cpu_supports("avx512f") ||
@@ -1162,7 +1205,8 @@ quant_init(void)
 	if (cap != NULL && quant_isa_lookup(cap, &rank) != NULL)
 		cap_rank = rank;
 	for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
-		const struct quant_kernels *k = quant_isa_lookup(order[i], &rank);
+		const struct quant_kernels *k =
+		    quant_isa_lookup(order[i], &rank);
 
 		if (k != NULL && rank <= cap_rank && quant_isa_supported(k)) {
 			__atomic_store_n(&quant_current, k, __ATOMIC_RELAXED);

@@ -38,8 +38,13 @@ void quant_quantize_row(enum orcd_dtype t, const float *src, void *dst, int64_t 
 /* out[c * ldo + r] = dot(weight row r, activation row c) for r < nr, c < nc.
  * w: nr rows of type t, w_stride bytes apart; a: nc rows of type
  * quant_vec_dot_type(t), a_stride bytes apart; each row has n elements.
- * Any nr, nc >= 1 are valid; the kernels are fastest for nc up to 4 and use
- * register tiling across rows and columns. */
+ * Any nr, nc >= 1 are valid.  The SIMD kernels pack up to 8 activation
+ * columns at a time and stream each weight row past them once, reading the
+ * weights sequentially (nc = 1 is memory-bound); for larger nc the rows are
+ * blocked for L2 and the k range for L1.  Thread-safe.  The packed
+ * columns live in a 24 KB stack buffer when they fit (32-element types: 2
+ * bytes per element and column; K-quants: 0.5), else in a malloc'd one (if
+ * that fails the scalar kernel runs instead). */
 void quant_matmul(enum orcd_dtype t, int64_t n,
     const void *w, size_t w_stride, int nr,
     const void *a, size_t a_stride, int nc,

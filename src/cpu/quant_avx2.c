@@ -46,7 +46,8 @@ half_f16c(uint16_t h)
 QUANT_INLINE float
 hsum8(__m256 v)
 {
-	__m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+	__m128 x =
+	    _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
 
 	x = _mm_add_ps(x, _mm_movehl_ps(x, x));
 	x = _mm_add_ss(x, _mm_movehdup_ps(x));
@@ -59,7 +60,8 @@ hsum4x8(__m256 a, __m256 b, __m256 c, __m256 d)
 {
 	__m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
 
-	return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+	return _mm_add_ps(
+	    _mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
 
 QUANT_INLINE int
@@ -121,7 +123,8 @@ store_row(const struct mm_args *p, int r, int c0, int C, const __m256 *acc)
 QUANT_INLINE __m256i
 bits_to_bytes(__m256i src, __m256i ctl)
 {
-	const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+	const __m256i bit =
+	    _mm256_set1_epi64x((long long)0x8040201008040201ull);
 
 	return _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(src, ctl),
 	    bit), bit);
@@ -136,8 +139,8 @@ pack_i32x32_to_i8(__m256i i0, __m256i i1, __m256i i2, __m256i i3)
 	const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1),
 	    _mm256_packs_epi32(i2, i3));
 
-	return _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6,
-	    3, 7));
+	return _mm256_permutevar8x32_epi32(
+	    p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
 QUANT_INLINE float
@@ -149,7 +152,8 @@ absmax32(const float *x)
 	m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 8)));
 	m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 16)));
 	m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 24)));
-	__m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+	__m128 h =
+	    _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
 	h = _mm_max_ps(h, _mm_movehl_ps(h, h));
 	h = _mm_max_ss(h, _mm_movehdup_ps(h));
 	return _mm_cvtss_f32(h);
@@ -162,14 +166,15 @@ quantize_q8_0_avx2(const float *x, void *dst, int64_t n)
 
 	for (int64_t i = 0; i < n / QUANT_QK; i++, x += QUANT_QK) {
 		const float amax = absmax32(x);
-		const __m256 id = _mm256_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
+		const __m256 id =
+		    _mm256_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
 		__m256i q[4];
 
 		y[i].d = quant_float_to_half(amax / 127.0f);
 		/* cvtps rounds to nearest even, as ggml's _mm256_round_ps. */
 		for (int j = 0; j < 4; j++)
-			q[j] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * j),
-			    id));
+			q[j] = _mm256_cvtps_epi32(
+			    _mm256_mul_ps(_mm256_loadu_ps(x + 8 * j), id));
 		_mm256_storeu_si256((__m256i *)y[i].qs,
 		    pack_i32x32_to_i8(q[0], q[1], q[2], q[3]));
 	}
@@ -183,14 +188,16 @@ quantize_q8_1_avx2(const float *x, void *dst, int64_t n)
 	for (int64_t i = 0; i < n / QUANT_QK; i++, x += QUANT_QK) {
 		const float amax = absmax32(x);
 		const float d = amax / 127.0f;
-		const __m256 id = _mm256_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
+		const __m256 id =
+		    _mm256_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
 		__m256i q[4];
 
 		for (int j = 0; j < 4; j++)
-			q[j] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * j),
-			    id));
-		const int sum = hsum_i32x8(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]),
-		    _mm256_add_epi32(q[2], q[3])));
+			q[j] = _mm256_cvtps_epi32(
+			    _mm256_mul_ps(_mm256_loadu_ps(x + 8 * j), id));
+		const int sum =
+		    hsum_i32x8(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]),
+			_mm256_add_epi32(q[2], q[3])));
 
 		y[i].d = quant_float_to_half(d);
 		y[i].s = quant_float_to_half(d * (float)sum);
@@ -220,8 +227,9 @@ quantize_q8_K_avx2(const float *x, void *dst, int64_t n)
 		const __m256 vamax = _mm256_set1_ps(amax);
 		const __m256 sign = _mm256_set1_ps(-0.0f);
 		for (int j = 0; j < QUANT_QK_K; j += 8) {
-			const int k = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(
-			    sign, _mm256_loadu_ps(x + j)), vamax, _CMP_EQ_OQ));
+			const int k = _mm256_movemask_ps(_mm256_cmp_ps(
+			    _mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)),
+			    vamax, _CMP_EQ_OQ));
 
 			if (k != 0) {
 				max = x[j + __builtin_ctz((unsigned)k)];
@@ -236,13 +244,16 @@ quantize_q8_K_avx2(const float *x, void *dst, int64_t n)
 			__m256i q[4];
 
 			for (int j = 0; j < 4; j++)
-				q[j] = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(
-				    vis, _mm256_loadu_ps(x + g + 8 * j))), top);
+				q[j] = _mm256_min_epi32(
+				    _mm256_cvtps_epi32(_mm256_mul_ps(
+					vis, _mm256_loadu_ps(x + g + 8 * j))),
+				    top);
 			_mm256_storeu_si256((__m256i *)(y[i].qs + g),
 			    pack_i32x32_to_i8(q[0], q[1], q[2], q[3]));
-			y[i].bsums[g / 16] = (int16_t)hsum_i32x8(_mm256_add_epi32(q[0], q[1]));
-			y[i].bsums[g / 16 + 1] = (int16_t)hsum_i32x8(_mm256_add_epi32(q[2],
-			    q[3]));
+			y[i].bsums[g / 16] =
+			    (int16_t)hsum_i32x8(_mm256_add_epi32(q[0], q[1]));
+			y[i].bsums[g / 16 + 1] =
+			    (int16_t)hsum_i32x8(_mm256_add_epi32(q[2], q[3]));
 		}
 		y[i].d = 1.0f / iscale;
 	}
@@ -285,8 +296,10 @@ float_load(int ft, const uint8_t *p, int64_t k)
 		return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)
 		    ((const uint16_t *)p + k)));
 	default:
-		return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(
-		    _mm_loadu_si128((const __m128i *)((const uint16_t *)p + k))), 16));
+		return _mm256_castsi256_ps(_mm256_slli_epi32(
+		    _mm256_cvtepu16_epi32(_mm_loadu_si128(
+			(const __m128i *)((const uint16_t *)p + k))),
+		    16));
 	}
 }
 
@@ -313,7 +326,8 @@ float_step(int ft, const struct mm_args *p, int r0, int c0, int R, int C,
 	for (int c = 0; c < C; c++) {
 		const uint8_t *ap = p->a + (size_t)(c0 + c) * p->as;
 
-		a[c] = left ? float_load_tail(ft, ap, k, left) : float_load(ft, ap, k);
+		a[c] = left ? float_load_tail(ft, ap, k, left)
+			    : float_load(ft, ap, k);
 	}
 #pragma GCC unroll 4
 	for (int r = 0; r < R; r++) {
@@ -365,8 +379,9 @@ float_tile(int ft, const struct mm_args *p, int r0, int c0, int R, int C)
 		float *o = p->out + (size_t)(c0 + c) * p->ldo + r0;
 
 		if (R == 4)
-			_mm_storeu_ps(o, hsum4x8(acc[0][c], acc[1][c], acc[2][c],
-			    acc[3][c]));
+			_mm_storeu_ps(o,
+			    hsum4x8(
+				acc[0][c], acc[1][c], acc[2][c], acc[3][c]));
 		else
 			for (int r = 0; r < R; r++)
 				o[r] = hsum8(acc[r][c]);
@@ -376,14 +391,19 @@ float_tile(int ft, const struct mm_args *p, int r0, int c0, int R, int C)
 /* Tiles of at most two columns: 4 x 2 accumulators plus operands fit. */
 #define FLOAT_TILE_SET(name, FT)					\
 	QUANT_INLINE void						\
-	name##_body(const struct mm_args *p, int r0, int c0, int R, int C) \
+	name##_body(const struct mm_args *p, int r0, int c0, int R,	\
+	    int C)							\
 	{								\
 		float_tile(FT, p, r0, c0, R, C);			\
 	}								\
-	MM_TILE_ONE(name, name##_body, 1, 1) MM_TILE_ONE(name, name##_body, 1, 2) \
-	MM_TILE_ONE(name, name##_body, 2, 1) MM_TILE_ONE(name, name##_body, 2, 2) \
-	MM_TILE_ONE(name, name##_body, 3, 1) MM_TILE_ONE(name, name##_body, 3, 2) \
-	MM_TILE_ONE(name, name##_body, 4, 1) MM_TILE_ONE(name, name##_body, 4, 2) \
+	MM_TILE_ONE(name, name##_body, 1, 1)				\
+	MM_TILE_ONE(name, name##_body, 1, 2)				\
+	MM_TILE_ONE(name, name##_body, 2, 1)				\
+	MM_TILE_ONE(name, name##_body, 2, 2)				\
+	MM_TILE_ONE(name, name##_body, 3, 1)				\
+	MM_TILE_ONE(name, name##_body, 3, 2)				\
+	MM_TILE_ONE(name, name##_body, 4, 1)				\
+	MM_TILE_ONE(name, name##_body, 4, 2)				\
 	static mm_tile_fn *const name##_tiles[4][4] = {			\
 		{ name##_1x1, name##_1x2, NULL, NULL },			\
 		{ name##_2x1, name##_2x2, NULL, NULL },			\
@@ -450,7 +470,8 @@ lg_tail(const uint8_t *x, int64_t nb, int64_t u, int bb, uint8_t *tmp)
 }
 
 QUANT_INLINE void
-lg_pack(enum orcd_dtype t, const struct mm_args *p, int c0, int C, uint8_t *pack)
+lg_pack(
+    enum orcd_dtype t, const struct mm_args *p, int c0, int C, uint8_t *pack)
 {
 	const int64_t nb = p->n / QUANT_QK, nu = (nb + 1) / 2;
 	const size_t ub = lg_unit_bytes(t);
@@ -463,9 +484,10 @@ lg_pack(enum orcd_dtype t, const struct mm_args *p, int c0, int C, uint8_t *pack
 		const uint8_t *col = p->a + (size_t)(c0 + c) * p->as;
 
 		for (int64_t u = 0; u < nu; u++) {
-			const uint8_t *y = lg_tail(col + (size_t)u * 2 * (size_t)ab, nb, u,
-			    ab, tmp);
-			uint8_t *d = pack + ((size_t)u * (size_t)C + (size_t)c) * ub;
+			const uint8_t *y = lg_tail(
+			    col + (size_t)u * 2 * (size_t)ab, nb, u, ab, tmp);
+			uint8_t *d =
+			    pack + ((size_t)u * (size_t)C + (size_t)c) * ub;
 			const __m256i a0 = load2x128(y + qoff, ab);
 			const __m256i a1 = load2x128(y + qoff + 16, ab);
 			__m256i corr = _mm256_setzero_si256();
@@ -475,15 +497,18 @@ lg_pack(enum orcd_dtype t, const struct mm_args *p, int c0, int C, uint8_t *pack
 				const __m256i m1 = _mm256_set1_epi16(-1);
 
 				corr = _mm256_add_epi32(
-				    _mm256_madd_epi16(_mm256_maddubs_epi16(vo, a0), m1),
-				    _mm256_madd_epi16(_mm256_maddubs_epi16(vo, a1), m1));
+				    _mm256_madd_epi16(
+					_mm256_maddubs_epi16(vo, a0), m1),
+				    _mm256_madd_epi16(
+					_mm256_maddubs_epi16(vo, a1), m1));
 			}
 			_mm256_store_si256((__m256i *)d, a0);
 			_mm256_store_si256((__m256i *)(d + 32), a1);
 			_mm256_store_si256((__m256i *)(d + 64), corr);
 			_mm256_store_ps((float *)(d + 96), scales2(y, ab, 0));
 			if (lg_has_min(t))
-				_mm256_store_ps((float *)(d + 128), scales2(y + 2, ab, 0));
+				_mm256_store_ps(
+				    (float *)(d + 128), scales2(y + 2, ab, 0));
 		}
 	}
 }
@@ -506,7 +531,8 @@ lg_load_row(enum orcd_dtype t, const uint8_t *x, struct lg_row *row)
 	switch (t) {
 	case ORCD_DTYPE_Q4_0:
 	case ORCD_DTYPE_Q4_1: {
-		const __m256i z = load2x128(x + (t == ORCD_DTYPE_Q4_0 ? 2 : 4), wb);
+		const __m256i z =
+		    load2x128(x + (t == ORCD_DTYPE_Q4_0 ? 2 : 4), wb);
 
 		row->q[0] = _mm256_and_si256(z, m4);
 		row->q[1] = _mm256_and_si256(_mm256_srli_epi16(z, 4), m4);
@@ -520,18 +546,20 @@ lg_load_row(enum orcd_dtype t, const uint8_t *x, struct lg_row *row)
 		const __m256i z = load2x128(x + hoff + 4, wb);
 		/* qh of both blocks: bits 0-15 for the low nibbles of each
 		 * lane, 16-31 for the high ones. */
-		const __m256i qh = _mm256_set1_epi64x((long long)(load_u32(x + hoff) |
-		    (uint64_t)load_u32(x + wb + hoff) << 32));
-		const __m256i ctl0 = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0,
-		    1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5,
-		    5, 5);
+		const __m256i qh =
+		    _mm256_set1_epi64x((long long)(load_u32(x + hoff) |
+			(uint64_t)load_u32(x + wb + hoff) << 32));
+		const __m256i ctl0 = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1,
+		    1, 1, 1, 1, 1, 1, 1, 4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5,
+		    5, 5, 5);
 		const __m256i ctl1 = _mm256_add_epi8(ctl0, _mm256_set1_epi8(2));
 		const __m256i sixteen = _mm256_set1_epi8(16);
 
 		row->q[0] = _mm256_or_si256(_mm256_and_si256(z, m4),
 		    _mm256_and_si256(bits_to_bytes(qh, ctl0), sixteen));
-		row->q[1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(z, 4),
-		    m4), _mm256_and_si256(bits_to_bytes(qh, ctl1), sixteen));
+		row->q[1] = _mm256_or_si256(
+		    _mm256_and_si256(_mm256_srli_epi16(z, 4), m4),
+		    _mm256_and_si256(bits_to_bytes(qh, ctl1), sixteen));
 		if (t == ORCD_DTYPE_Q5_1)
 			row->m = scales2(x + 2, wb, 1);
 		break;
@@ -560,8 +588,10 @@ lg_dot(enum orcd_dtype t, const struct lg_row *row, const uint8_t *d)
 		    _mm256_sign_epi8(a1, row->w[1])), ones));
 	/* q < 32: both halves' pair sums add up within int16. */
 	return _mm256_add_epi32(_mm256_load_si256((const __m256i *)(d + 64)),
-	    _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(row->q[0], a0),
-	    _mm256_maddubs_epi16(row->q[1], a1)), ones));
+	    _mm256_madd_epi16(
+		_mm256_add_epi16(_mm256_maddubs_epi16(row->q[0], a0),
+		    _mm256_maddubs_epi16(row->q[1], a1)),
+		ones));
 }
 
 QUANT_INLINE void
@@ -570,7 +600,8 @@ lg_row_kernel(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 	const int64_t nb = p->n / QUANT_QK;
 	const size_t ub = lg_unit_bytes(t);
 	const int wb = lg_wbytes(t);
-	const uint8_t *x = p->w + (size_t)r * p->ws + (size_t)p->u0 * 2 * (size_t)wb;
+	const uint8_t *x =
+	    p->w + (size_t)r * p->ws + (size_t)p->u0 * 2 * (size_t)wb;
 	const uint8_t *pk = p->pack + (size_t)p->u0 * (size_t)C * ub;
 	uint8_t tmp[2 * 34];
 	__m256 acc[AVX2_COLS];
@@ -578,7 +609,8 @@ lg_row_kernel(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 #pragma GCC unroll 4
 	for (int c = 0; c < C; c++)
 		acc[c] = _mm256_setzero_ps();
-	for (int64_t u = p->u0; u < p->u1; u++, x += 2 * wb, pk += (size_t)C * ub) {
+	for (int64_t u = p->u0; u < p->u1;
+	     u++, x += 2 * wb, pk += (size_t)C * ub) {
 		struct lg_row row;
 
 		lg_load_row(t, lg_tail(x, nb, u, wb, tmp), &row);
@@ -586,12 +618,15 @@ lg_row_kernel(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 		for (int c = 0; c < C; c++) {
 			const uint8_t *d = pk + (size_t)c * ub;
 
-			acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lg_dot(t, &row, d)),
-			    _mm256_mul_ps(row.d, _mm256_load_ps((const float *)(d + 96))),
+			acc[c] = _mm256_fmadd_ps(
+			    _mm256_cvtepi32_ps(lg_dot(t, &row, d)),
+			    _mm256_mul_ps(
+				row.d, _mm256_load_ps((const float *)(d + 96))),
 			    acc[c]);
 			if (lg_has_min(t))
 				acc[c] = _mm256_fmadd_ps(row.m,
-				    _mm256_load_ps((const float *)(d + 128)), acc[c]);
+				    _mm256_load_ps((const float *)(d + 128)),
+				    acc[c]);
 		}
 	}
 	store_row(p, r, c0, C, acc);
@@ -632,16 +667,20 @@ k_pack(const struct mm_args *p, int c0, int C, uint8_t *pack)
 	const int64_t nb = p->n / QUANT_QK_K;
 
 	for (int c = 0; c < C; c++) {
-		const struct quant_block_q8_K *y = (const struct quant_block_q8_K *)
-		    (p->a + (size_t)(c0 + c) * p->as);
+		const struct quant_block_q8_K *y =
+		    (const struct quant_block_q8_K *)(p->a +
+			(size_t)(c0 + c) * p->as);
 
 		for (int64_t i = 0; i < nb; i++) {
-			uint8_t *d = pack + ((size_t)i * (size_t)C + (size_t)c) * K_PACK;
-			const __m256i s32 = _mm256_madd_epi16(_mm256_loadu_si256(
-			    (const __m256i *)y[i].bsums), _mm256_set1_epi16(1));
+			uint8_t *d =
+			    pack + ((size_t)i * (size_t)C + (size_t)c) * K_PACK;
+			const __m256i s32 = _mm256_madd_epi16(
+			    _mm256_loadu_si256((const __m256i *)y[i].bsums),
+			    _mm256_set1_epi16(1));
 
-			_mm_store_si128((__m128i *)d, _mm_packs_epi32(
-			    _mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1)));
+			_mm_store_si128((__m128i *)d,
+			    _mm_packs_epi32(_mm256_castsi256_si128(s32),
+				_mm256_extracti128_si256(s32, 1)));
 			memcpy(d + 16, &y[i].d, sizeof(float));
 		}
 	}
@@ -651,7 +690,8 @@ k_pack(const struct mm_args *p, int c0, int C, uint8_t *pack)
 QUANT_INLINE __m256i
 bcast_i16(__m256i v, int e)
 {
-	const __m256i dw = _mm256_permutevar8x32_epi32(v, _mm256_set1_epi32(e / 2));
+	const __m256i dw =
+	    _mm256_permutevar8x32_epi32(v, _mm256_set1_epi32(e / 2));
 
 	return _mm256_shuffle_epi8(dw, e % 2 ? _mm256_set1_epi16(0x0302) :
 	    _mm256_set1_epi16(0x0100));
@@ -665,8 +705,9 @@ bcast_i16(__m256i v, int e)
 QUANT_INLINE void
 k45_row(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 {
-	const size_t wb = t == ORCD_DTYPE_Q4_K ? sizeof(struct quant_block_q4_K) :
-	    sizeof(struct quant_block_q5_K);
+	const size_t wb = t == ORCD_DTYPE_Q4_K
+	    ? sizeof(struct quant_block_q4_K)
+	    : sizeof(struct quant_block_q5_K);
 	const __m256i m4 = _mm256_set1_epi8(0x0f);
 	const uint8_t *x = p->w + (size_t)r * p->ws + (size_t)p->u0 * wb;
 	const uint8_t *pk = p->pack + (size_t)p->u0 * (size_t)C * K_PACK;
@@ -676,9 +717,11 @@ k45_row(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 #pragma GCC unroll 4
 	for (int c = 0; c < C; c++) {
 		acc[c] = _mm256_setzero_ps();
-		ac[c] = (const struct quant_block_q8_K *)(p->a + (size_t)(c0 + c) * p->as);
+		ac[c] = (const struct quant_block_q8_K *)(p->a +
+		    (size_t)(c0 + c) * p->as);
 	}
-	for (int64_t i = p->u0; i < p->u1; i++, x += wb, pk += (size_t)C * K_PACK) {
+	for (int64_t i = p->u0; i < p->u1;
+	     i++, x += wb, pk += (size_t)C * K_PACK) {
 		const uint8_t *qs = x + (t == ORCD_DTYPE_Q4_K ? 16 : 48);
 		const uint32_t x0 = load_u32(x + 4), x1 = load_u32(x + 8);
 		const uint32_t x2 = load_u32(x + 12);
@@ -697,14 +740,17 @@ k45_row(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 			qh = _mm256_loadu_si256((const __m256i *)(x + 16));
 #pragma GCC unroll 8
 		for (int s = 0; s < 8; s++) {
-			const __m256i z = _mm256_loadu_si256((const __m256i *)(qs + 32 * (s / 2)));
-			__m256i q = s % 2 ? _mm256_and_si256(_mm256_srli_epi16(z, 4), m4) :
-			    _mm256_and_si256(z, m4);
+			const __m256i z = _mm256_loadu_si256(
+			    (const __m256i *)(qs + 32 * (s / 2)));
+			__m256i q = s % 2
+			    ? _mm256_and_si256(_mm256_srli_epi16(z, 4), m4)
+			    : _mm256_and_si256(z, m4);
 			const __m256i sc = bcast_i16(sm, s);
 
 			if (t == ORCD_DTYPE_Q5_K) {
 				/* bit s of qh[l] to bit 4 of element l */
-				__m256i h = _mm256_and_si256(qh, _mm256_set1_epi8((char)(1 << s)));
+				__m256i h = _mm256_and_si256(
+				    qh, _mm256_set1_epi8((char)(1 << s)));
 
 				h = s <= 4 ? _mm256_slli_epi16(h, 4 - s) :
 				    _mm256_srli_epi16(h, s - 4);
@@ -712,11 +758,16 @@ k45_row(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 			}
 #pragma GCC unroll 4
 			for (int c = 0; c < C; c++) {
-				const __m256i prod = _mm256_madd_epi16(_mm256_maddubs_epi16(q,
-				    _mm256_loadu_si256((const __m256i *)(ac[c][i].qs + 32 * s))),
+				const __m256i prod = _mm256_madd_epi16(
+				    _mm256_maddubs_epi16(q,
+					_mm256_loadu_si256(
+					    (const __m256i *)(ac[c][i].qs +
+						32 * s))),
 				    sc);
 
-				sum[c] = s == 0 ? prod : _mm256_add_epi32(sum[c], prod);
+				sum[c] = s == 0
+				    ? prod
+				    : _mm256_add_epi32(sum[c], prod);
 			}
 		}
 #pragma GCC unroll 4
@@ -725,13 +776,15 @@ k45_row(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 			float ad;
 
 			memcpy(&ad, d + 16, sizeof(ad));
-			const __m256 m = _mm256_castps128_ps256(_mm_cvtepi32_ps(
-			    _mm_madd_epi16(mins, _mm_load_si128((const __m128i *)d))));
+			const __m256 m = _mm256_castps128_ps256(
+			    _mm_cvtepi32_ps(_mm_madd_epi16(
+				mins, _mm_load_si128((const __m128i *)d))));
 
 			/* d * sumi - dmin * summins, both times ad */
 			acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[c]),
 			    _mm256_mul_ps(vd, _mm256_set1_ps(ad)), acc[c]);
-			acc[c] = _mm256_fmadd_ps(_mm256_blend_ps(_mm256_setzero_ps(), m, 0x0f),
+			acc[c] = _mm256_fmadd_ps(
+			    _mm256_blend_ps(_mm256_setzero_ps(), m, 0x0f),
 			    _mm256_set1_ps(-dmin * ad), acc[c]);
 		}
 	}
@@ -757,7 +810,8 @@ q6k_row(const struct mm_args *p, int r, int c0, int C)
 #pragma GCC unroll 4
 	for (int c = 0; c < C; c++) {
 		acc[c] = _mm256_setzero_ps();
-		ac[c] = (const struct quant_block_q8_K *)(p->a + (size_t)(c0 + c) * p->as);
+		ac[c] = (const struct quant_block_q8_K *)(p->a +
+		    (size_t)(c0 + c) * p->as);
 	}
 	for (int64_t i = p->u0; i < p->u1; i++, x++) {
 		const __m256i sc16 = _mm256_cvtepi8_epi16(
@@ -770,7 +824,8 @@ q6k_row(const struct mm_args *p, int r, int c0, int C)
 			const int h = j / 4, qq = j % 4;
 			const __m256i l = _mm256_loadu_si256((const __m256i *)
 			    (x->ql + 64 * h + 32 * (qq % 2)));
-			const __m256i hb = _mm256_loadu_si256((const __m256i *)(x->qh + 32 * h));
+			const __m256i hb = _mm256_loadu_si256(
+			    (const __m256i *)(x->qh + 32 * h));
 			const __m256i lo = qq < 2 ? _mm256_and_si256(l, m4) :
 			    _mm256_and_si256(_mm256_srli_epi16(l, 4), m4);
 			/* qh bits 2qq, 2qq+1 to bits 4, 5 */
@@ -781,28 +836,37 @@ q6k_row(const struct mm_args *p, int r, int c0, int C)
 			/* groups 2j (lanes 0-7) and 2j + 1 (lanes 8-15) */
 			const __m256i dw = _mm256_permutevar8x32_epi32(sc16,
 			    _mm256_set1_epi32(j));
-			const __m256i sc = _mm256_shuffle_epi8(dw, _mm256_setr_epi8(
-			    0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
-			    2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3));
+			const __m256i sc = _mm256_shuffle_epi8(dw,
+			    _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
+				0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3,
+				2, 3, 2, 3));
 
 #pragma GCC unroll 4
 			for (int c = 0; c < C; c++) {
-				const __m256i prod = _mm256_madd_epi16(_mm256_maddubs_epi16(q,
-				    _mm256_loadu_si256((const __m256i *)(ac[c][i].qs + 32 * j))),
+				const __m256i prod = _mm256_madd_epi16(
+				    _mm256_maddubs_epi16(q,
+					_mm256_loadu_si256(
+					    (const __m256i *)(ac[c][i].qs +
+						32 * j))),
 				    sc);
 
-				sum[c] = j == 0 ? prod : _mm256_add_epi32(sum[c], prod);
+				sum[c] = j == 0
+				    ? prod
+				    : _mm256_add_epi32(sum[c], prod);
 			}
 		}
 #pragma GCC unroll 4
 		for (int c = 0; c < C; c++) {
 			/* -32 * sum_g sc_g * bsum_g */
-			const __m256i corr = _mm256_madd_epi16(sc16, _mm256_loadu_si256(
-			    (const __m256i *)ac[c][i].bsums));
+			const __m256i corr = _mm256_madd_epi16(sc16,
+			    _mm256_loadu_si256(
+				(const __m256i *)ac[c][i].bsums));
 
-			sum[c] = _mm256_sub_epi32(sum[c], _mm256_slli_epi32(corr, 5));
+			sum[c] = _mm256_sub_epi32(
+			    sum[c], _mm256_slli_epi32(corr, 5));
 			acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[c]),
-			    _mm256_mul_ps(vd, _mm256_set1_ps(ac[c][i].d)), acc[c]);
+			    _mm256_mul_ps(vd, _mm256_set1_ps(ac[c][i].d)),
+			    acc[c]);
 		}
 	}
 	store_row(p, r, c0, C, acc);

@@ -1,16 +1,16 @@
 /*
  * AVX-512 (F/BW/VL/DQ) kernels: activation quantizers, fp16 rows, and the
- * register-tiled matmul for every weight type.  The integer kernels exist
- * twice (quant_avx512_body.h is included two times): once with plain
- * AVX-512BW arithmetic and once, under a target pragma, with the VNNI
- * dot-product instructions; quant_init() picks the second only when the
- * CPU reports AVX512_VNNI.
+ * matmul for every weight type.  The integer kernels exist twice
+ * (quant_avx512_body.h is included two times): once with plain AVX-512BW
+ * arithmetic and once, under a target pragma, with the VNNI dot-product
+ * instructions; quant_init() picks the second only when the CPU reports
+ * AVX512_VNNI.
  *
- * Tiling: a tile is R weight rows by C activation columns (R, C <= 4).  Per
- * block the activation columns are loaded once and reused for every row,
- * each weight block is unpacked once and reused for every column, and each
- * (row, column) pair keeps a 16-lane float accumulator that is reduced only
- * when the tile is done.
+ * Quantized types run through mm_drive_packed (quant_impl.h): up to 8
+ * activation columns are packed into vectors the kernels load whole, then
+ * each weight row is unpacked once per block and multiplied with every
+ * packed column, one 16-lane float accumulator per column, reduced when
+ * the row is done.  Float types use R x C register tiles (R, C <= 4).
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -18,7 +18,6 @@
 #include <string.h>
 
 #include "cpu/quant_impl.h"
-
 
 /* ------------------------------------------------------------ helpers */
 
@@ -68,7 +67,8 @@ store_row(const struct mm_args *p, int r, int c0, int C, const __m512 *acc)
 	int c = 0;
 
 	for (; c + 4 <= C; c += 4)
-		_mm_storeu_ps(s + c, hsum4(acc[c], acc[c + 1], acc[c + 2], acc[c + 3]));
+		_mm_storeu_ps(
+		    s + c, hsum4(acc[c], acc[c + 1], acc[c + 2], acc[c + 3]));
 	for (; c < C; c++)
 		s[c] = _mm512_reduce_add_ps(acc[c]);
 	for (c = 0; c < C; c++) {
@@ -77,26 +77,6 @@ store_row(const struct mm_args *p, int r, int c0, int C, const __m512 *acc)
 		else
 			o[(size_t)c * p->ldo] = s[c];
 	}
-}
-
-/* [h0 x 8, h1 x 8] as floats. */
-QUANT_INLINE __m512
-scales2(uint16_t h0, uint16_t h1)
-{
-	__m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(h0 | (uint32_t)h1 << 16)));
-
-	return _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1,
-	    0, 0, 0, 0, 0, 0, 0, 0), _mm512_castps128_ps512(f));
-}
-
-/* [h0, 0 x 7, h1, 0 x 7]: a per-block term that must be counted once. */
-QUANT_INLINE __m512
-scales2_once(uint16_t h0, uint16_t h1)
-{
-	__m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(h0 | (uint32_t)h1 << 16)));
-
-	return _mm512_maskz_permutexvar_ps(0x0101, _mm512_set_epi32(1, 1, 1, 1,
-	    1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0), _mm512_castps128_ps512(f));
 }
 
 static inline uint16_t
@@ -131,9 +111,12 @@ load4x128(const uint8_t *p, int stride)
 {
 	__m512i z = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)p));
 
-	z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(p + stride)), 1);
-	z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(p + 2 * stride)), 2);
-	return _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(p + 3 * stride)), 3);
+	z = _mm512_inserti32x4(
+	    z, _mm_loadu_si128((const __m128i *)(p + stride)), 1);
+	z = _mm512_inserti32x4(
+	    z, _mm_loadu_si128((const __m128i *)(p + 2 * stride)), 2);
+	return _mm512_inserti32x4(
+	    z, _mm_loadu_si128((const __m128i *)(p + 3 * stride)), 3);
 }
 
 /*
@@ -156,43 +139,16 @@ scales4(const uint8_t *p, int stride, int once)
 	    _mm512_permutexvar_ps(idx, f);
 }
 
-/*
- * The 32 nibbles of each of two blocks as bytes in element order: lanes
- * 0-15 low nibbles of block 0, 16-31 its high nibbles, 32-63 block 1.
- */
-QUANT_INLINE __m512i
-nibbles2(const uint8_t *q0, const uint8_t *q1, int two)
-{
-	__m256i lo = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q0));
-	__m512i v = two ? _mm512_inserti64x4(_mm512_castsi256_si512(lo),
-	    _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q1)), 1) :
-	    _mm512_zextsi256_si512(lo);
-	const __m512i shift = _mm512_set_epi64(0x0004000400040004, 0x0004000400040004,
-	    0, 0, 0x0004000400040004, 0x0004000400040004, 0, 0);
-
-	return _mm512_and_si512(_mm512_srlv_epi16(v, shift), _mm512_set1_epi8(0x0f));
-}
-
-/* 32 bytes from each of two blocks, one per 256-bit half. */
-QUANT_INLINE __m512i
-bytes2(const uint8_t *q0, const uint8_t *q1, int two)
-{
-	__m256i lo = _mm256_loadu_si256((const __m256i *)q0);
-
-	if (!two)
-		return _mm512_zextsi256_si512(lo);
-	return _mm512_inserti64x4(_mm512_castsi256_si512(lo),
-	    _mm256_loadu_si256((const __m256i *)q1), 1);
-}
-
 /* Q4_K / Q5_K: the 8 scales and 8 mins of a super-block, as bytes. */
 QUANT_INLINE __m128i
 k_scale_min_bytes(const uint8_t *s)
 {
-	const uint32_t x0 = load_u32(s), x1 = load_u32(s + 4), x2 = load_u32(s + 8);
+	const uint32_t x0 = load_u32(s), x1 = load_u32(s + 4),
+		       x2 = load_u32(s + 8);
 	const uint32_t sc_lo = x0 & 0x3f3f3f3f, m_lo = x1 & 0x3f3f3f3f;
 	const uint32_t sc_hi = (x2 & 0x0f0f0f0f) | ((x0 >> 2) & 0x30303030);
-	const uint32_t m_hi = ((x2 >> 4) & 0x0f0f0f0f) | ((x1 >> 2) & 0x30303030);
+	const uint32_t m_hi = ((x2 >> 4) & 0x0f0f0f0f) |
+	    ((x1 >> 2) & 0x30303030);
 
 	return _mm_set_epi32((int)m_hi, (int)m_lo, (int)sc_hi, (int)sc_lo);
 }
@@ -209,14 +165,16 @@ quantize_q8_0_avx512(const float *x, void *dst, int64_t n)
 		const float amax = _mm512_reduce_max_ps(_mm512_max_ps(
 		    _mm512_abs_ps(v0), _mm512_abs_ps(v1)));
 		const float d = amax / 127.0f;
-		const __m512 id = _mm512_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
+		const __m512 id =
+		    _mm512_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
 
 		y[i].d = quant_float_to_half(d);
 		/* cvtps rounds to nearest even, as ggml's _mm256_round_ps. */
 		_mm_storeu_si128((__m128i *)y[i].qs, _mm512_cvtepi32_epi8(
 		    _mm512_cvtps_epi32(_mm512_mul_ps(v0, id))));
-		_mm_storeu_si128((__m128i *)(y[i].qs + 16), _mm512_cvtepi32_epi8(
-		    _mm512_cvtps_epi32(_mm512_mul_ps(v1, id))));
+		_mm_storeu_si128((__m128i *)(y[i].qs + 16),
+		    _mm512_cvtepi32_epi8(
+			_mm512_cvtps_epi32(_mm512_mul_ps(v1, id))));
 	}
 }
 
@@ -230,15 +188,18 @@ quantize_q8_1_avx512(const float *x, void *dst, int64_t n)
 		const float amax = _mm512_reduce_max_ps(_mm512_max_ps(
 		    _mm512_abs_ps(v0), _mm512_abs_ps(v1)));
 		const float d = amax / 127.0f;
-		const __m512 id = _mm512_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
+		const __m512 id =
+		    _mm512_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
 		__m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, id));
 		__m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, id));
-		const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+		const int sum =
+		    _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
 
 		y[i].d = quant_float_to_half(d);
 		y[i].s = quant_float_to_half(d * (float)sum);
 		_mm_storeu_si128((__m128i *)y[i].qs, _mm512_cvtepi32_epi8(q0));
-		_mm_storeu_si128((__m128i *)(y[i].qs + 16), _mm512_cvtepi32_epi8(q1));
+		_mm_storeu_si128(
+		    (__m128i *)(y[i].qs + 16), _mm512_cvtepi32_epi8(q1));
 	}
 }
 
@@ -252,7 +213,8 @@ quantize_q8_K_avx512(const float *x, void *dst, int64_t n)
 		float amax, max = 0.0f;
 
 		for (int j = 0; j < QUANT_QK_K; j += 16)
-			m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + j)));
+			m = _mm512_max_ps(
+			    m, _mm512_abs_ps(_mm512_loadu_ps(x + j)));
 		amax = _mm512_reduce_max_ps(m);
 		if (amax == 0.0f) {
 			memset(&y[i], 0, sizeof(y[i]));
@@ -274,8 +236,10 @@ quantize_q8_K_avx512(const float *x, void *dst, int64_t n)
 		const __m512i top = _mm512_set1_epi32(127);
 
 		for (int g = 0; g < QUANT_QK_K / 16; g++) {
-			__m512i q = _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(
-			    vis, _mm512_loadu_ps(x + 16 * g))), top);
+			__m512i q = _mm512_min_epi32(
+			    _mm512_cvtps_epi32(_mm512_mul_ps(
+				vis, _mm512_loadu_ps(x + 16 * g))),
+			    top);
 
 			_mm_storeu_si128((__m128i *)(y[i].qs + 16 * g),
 			    _mm512_cvtepi32_epi8(q));
@@ -296,8 +260,9 @@ fp16_from_fp32_avx512(const float *src, uint16_t *dst, int64_t n)
 	if (i < n) {
 		__mmask16 k = (__mmask16)((1u << (n - i)) - 1);
 
-		_mm256_mask_storeu_epi16(dst + i, k, _mm512_cvtps_ph(
-		    _mm512_maskz_loadu_ps(k, src + i), _MM_FROUND_TO_NEAREST_INT));
+		_mm256_mask_storeu_epi16(dst + i, k,
+		    _mm512_cvtps_ph(_mm512_maskz_loadu_ps(k, src + i),
+			_MM_FROUND_TO_NEAREST_INT));
 	}
 }
 
@@ -325,18 +290,20 @@ enum { FT_F32, FT_F16, FT_BF16 };
 QUANT_INLINE __m512
 float_load(int ft, const uint8_t *p, int64_t k, __mmask16 mask, int masked)
 {
+	const float *pf = (const float *)p + k;
+	const uint16_t *ph = (const uint16_t *)p + k;
+	const __m256i h = masked ? _mm256_maskz_loadu_epi16(mask, ph) :
+	    _mm256_loadu_si256((const __m256i *)ph);
+
 	switch (ft) {
 	case FT_F32:
-		return masked ? _mm512_maskz_loadu_ps(mask, (const float *)p + k) :
-		    _mm512_loadu_ps((const float *)p + k);
+		return masked ? _mm512_maskz_loadu_ps(mask, pf) :
+		    _mm512_loadu_ps(pf);
 	case FT_F16:
-		return _mm512_cvtph_ps(masked ?
-		    _mm256_maskz_loadu_epi16(mask, (const uint16_t *)p + k) :
-		    _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + k)));
+		return _mm512_cvtph_ps(h);
 	default:
-		return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
-		    masked ? _mm256_maskz_loadu_epi16(mask, (const uint16_t *)p + k) :
-		    _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + k))), 16));
+		return _mm512_castsi512_ps(_mm512_slli_epi32(
+		    _mm512_cvtepu16_epi32(h), 16));
 	}
 }
 
@@ -348,11 +315,12 @@ float_step(int ft, const struct mm_args *p, int r0, int c0, int R, int C,
 
 #pragma GCC unroll 4
 	for (int c = 0; c < C; c++)
-		a[c] = float_load(ft, p->a + (size_t)(c0 + c) * p->as, k, mask, masked);
+		a[c] = float_load(
+		    ft, p->a + (size_t)(c0 + c) * p->as, k, mask, masked);
 #pragma GCC unroll 4
 	for (int r = 0; r < R; r++) {
-		__m512 w = float_load(ft, p->w + (size_t)(r0 + r) * p->ws, k, mask,
-		    masked);
+		__m512 w = float_load(
+		    ft, p->w + (size_t)(r0 + r) * p->ws, k, mask, masked);
 
 #pragma GCC unroll 4
 		for (int c = 0; c < C; c++)

@@ -104,9 +104,10 @@ FN(lg_pack)(enum orcd_dtype t, const struct mm_args *p, int c0, int C,
 		const uint8_t *col = p->a + (size_t)(c0 + c) * p->as;
 
 		for (int64_t u = 0; u < nu; u++) {
-			const uint8_t *y = FN(lg_tail)(col + (size_t)u * 4 * (size_t)ab,
-			    nb, u, ab, tmp);
-			uint8_t *d = pack + ((size_t)u * (size_t)C + (size_t)c) * ub;
+			const uint8_t *y = FN(lg_tail)(
+			    col + (size_t)u * 4 * (size_t)ab, nb, u, ab, tmp);
+			uint8_t *d =
+			    pack + ((size_t)u * (size_t)C + (size_t)c) * ub;
 			const __m512i a0 = load4x128(y + qoff, ab);
 			const __m512i a1 = load4x128(y + qoff + 16, ab);
 			__m512i corr = _mm512_setzero_si512();
@@ -116,8 +117,10 @@ FN(lg_pack)(enum orcd_dtype t, const struct mm_args *p, int c0, int C,
 				const __m512i m1 = _mm512_set1_epi16(-1);
 
 				corr = _mm512_add_epi32(
-				    _mm512_madd_epi16(_mm512_maddubs_epi16(vo, a0), m1),
-				    _mm512_madd_epi16(_mm512_maddubs_epi16(vo, a1), m1));
+				    _mm512_madd_epi16(
+					_mm512_maddubs_epi16(vo, a0), m1),
+				    _mm512_madd_epi16(
+					_mm512_maddubs_epi16(vo, a1), m1));
 			}
 			_mm512_store_si512(d, a0);
 			_mm512_store_si512(d + 64, a1);
@@ -148,7 +151,8 @@ FN(lg_load_row)(enum orcd_dtype t, const uint8_t *x, struct FN(lg_row) *row)
 	switch (t) {
 	case ORCD_DTYPE_Q4_0:
 	case ORCD_DTYPE_Q4_1: {
-		const __m512i z = load4x128(x + (t == ORCD_DTYPE_Q4_0 ? 2 : 4), wb);
+		const __m512i z =
+		    load4x128(x + (t == ORCD_DTYPE_Q4_0 ? 2 : 4), wb);
 
 		row->q[0] = _mm512_and_si512(z, m4);
 		row->q[1] = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
@@ -160,21 +164,28 @@ FN(lg_load_row)(enum orcd_dtype t, const uint8_t *x, struct FN(lg_row) *row)
 	case ORCD_DTYPE_Q5_1: {
 		const int hoff = t == ORCD_DTYPE_Q5_0 ? 2 : 4;
 		const __m512i z = load4x128(x + hoff + 4, wb);
-		const uint32_t h0 = load_u32(x + hoff), h1 = load_u32(x + wb + hoff);
+		const uint32_t h0 = load_u32(x + hoff),
+			       h1 = load_u32(x + wb + hoff);
 		const uint32_t h2 = load_u32(x + 2 * wb + hoff);
 		const uint32_t h3 = load_u32(x + 3 * wb + hoff);
 		/* qh bit e is the fifth bit of element e: bits 0-15 go with the
 		 * low nibbles of lane k, bits 16-31 with the high ones. */
-		const uint64_t k0 = (uint64_t)(h0 & 0xffff) | (uint64_t)(h1 & 0xffff) << 16 |
-		    (uint64_t)(h2 & 0xffff) << 32 | (uint64_t)(h3 & 0xffff) << 48;
-		const uint64_t k1 = (uint64_t)(h0 >> 16) | (uint64_t)(h1 >> 16) << 16 |
-		    (uint64_t)(h2 >> 16) << 32 | (uint64_t)(h3 >> 16) << 48;
+		const uint64_t k0 = (uint64_t)(h0 & 0xffff) |
+		    (uint64_t)(h1 & 0xffff) << 16 |
+		    (uint64_t)(h2 & 0xffff) << 32 |
+		    (uint64_t)(h3 & 0xffff) << 48;
+		const uint64_t k1 = (uint64_t)(h0 >> 16) |
+		    (uint64_t)(h1 >> 16) << 16 | (uint64_t)(h2 >> 16) << 32 |
+		    (uint64_t)(h3 >> 16) << 48;
 		const __m512i sixteen = _mm512_set1_epi8(16);
 		const __m512i lo = _mm512_and_si512(z, m4);
-		const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
+		const __m512i hi =
+		    _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
 
-		row->q[0] = _mm512_mask_add_epi8(lo, _cvtu64_mask64(k0), lo, sixteen);
-		row->q[1] = _mm512_mask_add_epi8(hi, _cvtu64_mask64(k1), hi, sixteen);
+		row->q[0] =
+		    _mm512_mask_add_epi8(lo, _cvtu64_mask64(k0), lo, sixteen);
+		row->q[1] =
+		    _mm512_mask_add_epi8(hi, _cvtu64_mask64(k1), hi, sixteen);
 		if (t == ORCD_DTYPE_Q5_1)
 			row->m = scales4(x + 2, wb, 1);
 		break;
@@ -214,8 +225,9 @@ FN(lg_dot)(enum orcd_dtype t, const struct FN(lg_row) *row, const uint8_t *d)
 		    _mm512_mask_sub_epi8(a1, row->neg[1], z, a1)), ones));
 	}
 #if QUANT_VNNI
-	return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_load_si512(d + 128),
-	    row->q[0], a0), row->q[1], a1);
+	return _mm512_dpbusd_epi32(
+	    _mm512_dpbusd_epi32(_mm512_load_si512(d + 128), row->q[0], a0),
+	    row->q[1], a1);
 #else
 	/* q < 32: both halves' pair sums add up within int16. */
 	return _mm512_add_epi32(_mm512_load_si512(d + 128), _mm512_madd_epi16(
@@ -232,7 +244,8 @@ FN(lg_row_kernel)(enum orcd_dtype t, const struct mm_args *p, int r, int c0,
 	const int64_t nb = p->n / QUANT_QK;
 	const size_t ub = FN(lg_unit_bytes)(t);
 	const int wb = FN(lg_wbytes)(t);
-	const uint8_t *x = p->w + (size_t)r * p->ws + (size_t)p->u0 * 4 * (size_t)wb;
+	const uint8_t *x =
+	    p->w + (size_t)r * p->ws + (size_t)p->u0 * 4 * (size_t)wb;
 	const uint8_t *pk = p->pack + (size_t)p->u0 * (size_t)C * ub;
 	uint8_t tmp[2][4 * 34];
 	__m512 acc[2][MM_PACK_COLS];
@@ -242,13 +255,17 @@ FN(lg_row_kernel)(enum orcd_dtype t, const struct mm_args *p, int r, int c0,
 #pragma GCC unroll 8
 		for (int c = 0; c < C; c++)
 			acc[i][c] = _mm512_setzero_ps();
-	for (int64_t u = p->u0; u < p->u1; u++, x += 4 * wb, pk += (size_t)C * ub) {
+	for (int64_t u = p->u0; u < p->u1;
+	     u++, x += 4 * wb, pk += (size_t)C * ub) {
 		struct FN(lg_row) row[2];
 
 #pragma GCC unroll 2
 		for (int i = 0; i < R; i++)
-			FN(lg_load_row)(t, FN(lg_tail)(x + (size_t)i * p->ws, nb, u,
-			    wb, tmp[i]), &row[i]);
+			FN(lg_load_row)
+			(t,
+			    FN(lg_tail)(
+				x + (size_t)i * p->ws, nb, u, wb, tmp[i]),
+			    &row[i]);
 #pragma GCC unroll 8
 		for (int c = 0; c < C; c++) {
 			const uint8_t *d = pk + (size_t)c * ub;
@@ -283,15 +300,16 @@ FN(lg_row_kernel)(enum orcd_dtype t, const struct mm_args *p, int r, int c0,
 		FN(lg_row_kernel)(T, p, r, c0, R, C);			\
 	}								\
 	static void							\
-	FN(tname##_pack)(const struct mm_args *p, int c0, int C, uint8_t *pk) \
+	FN(tname##_pack)(const struct mm_args *p, int c0, int C,	\
+	    uint8_t *pk)						\
 	{								\
 		FN(lg_pack)(T, p, c0, C, pk);				\
 	}								\
 	MM_ROW_SET(FN(tname), FN(tname##_row))				\
 	MM_ROW2_SET(FN(tname), FN(tname##_row2))			\
-	MM_PACKED_ENTRY(FN(matmul_##tname), MM_PACK_COLS, QCAT(FN(tname), _rows), \
-	    QCAT(FN(tname), _rows2), FN(tname##_pack),			\
-	    (size_t)(n / 128 + 1) * FN(lg_unit_bytes)(T),		\
+	MM_PACKED_ENTRY(FN(matmul_##tname), MM_PACK_COLS,		\
+	    QCAT(FN(tname), _rows), QCAT(FN(tname), _rows2),		\
+	    FN(tname##_pack), (size_t)(n / 128 + 1) * FN(lg_unit_bytes)(T), \
 	    128, FN(lg_unit_bytes)(T), quant_scalar_matmul_##tname)
 
 LG_SET(q4_0, ORCD_DTYPE_Q4_0)
@@ -325,17 +343,20 @@ FN(k_pack)(const struct mm_args *p, int c0, int C, uint8_t *pack)
 				const struct quant_block_q8_K *y =
 				    (const struct quant_block_q8_K *)(p->a +
 				    (size_t)(c0 + c) * p->as) + i;
-				const __mmask16 k = (__mmask16)(0xf << (4 * (c % 4)));
-				__m256i s32 = _mm256_madd_epi16(_mm256_loadu_si256(
-				    (const __m256i *)y->bsums), _mm256_set1_epi16(1));
+				const __mmask16 k =
+				    (__mmask16)(0xf << (4 * (c % 4)));
+				__m256i s32 = _mm256_madd_epi16(
+				    _mm256_loadu_si256(
+					(const __m256i *)y->bsums),
+				    _mm256_set1_epi16(1));
 
 				asum = _mm512_mask_broadcast_i32x4(asum, k,
 				    _mm256_cvtepi32_epi16(s32));
 				ad4 = _mm512_mask_broadcastss_ps(ad4, k,
 				    _mm_set_ss(y->d));
 			}
-			uint8_t *d = pack + ((size_t)i * (size_t)ng + (size_t)g) *
-			    K_PACK_GROUP;
+			uint8_t *d = pack +
+			    ((size_t)i * (size_t)ng + (size_t)g) * K_PACK_GROUP;
 			_mm512_store_si512(d, asum);
 			_mm512_store_ps(d + 64, ad4);
 		}
@@ -353,8 +374,9 @@ QUANT_INLINE void
 FN(k45_row)(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 {
 	const int ng = (C + 3) / 4;
-	const size_t wb = t == ORCD_DTYPE_Q4_K ? sizeof(struct quant_block_q4_K) :
-	    sizeof(struct quant_block_q5_K);
+	const size_t wb = t == ORCD_DTYPE_Q4_K
+	    ? sizeof(struct quant_block_q4_K)
+	    : sizeof(struct quant_block_q5_K);
 	const __m512i m4 = _mm512_set1_epi8(0x0f);
 	const __m512i sh04 = _mm512_set_epi64(0x0004000400040004,
 	    0x0004000400040004, 0x0004000400040004, 0x0004000400040004,
@@ -367,27 +389,32 @@ FN(k45_row)(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 #pragma GCC unroll 8
 	for (int c = 0; c < C; c++) {
 		acc[c] = _mm512_setzero_ps();
-		ac[c] = (const struct quant_block_q8_K *)(p->a + (size_t)(c0 + c) * p->as);
+		ac[c] = (const struct quant_block_q8_K *)(p->a +
+		    (size_t)(c0 + c) * p->as);
 	}
 	accm[0] = accm[1] = _mm512_setzero_ps();
-	for (int64_t i = p->u0; i < p->u1; i++, x += wb, pk += (size_t)ng * K_PACK_GROUP) {
+	for (int64_t i = p->u0; i < p->u1;
+	     i++, x += wb, pk += (size_t)ng * K_PACK_GROUP) {
 		const uint8_t *qs = x + (t == ORCD_DTYPE_Q4_K ? 16 : 48);
 		/* [sc0..sc7, m0..m7] as int16 */
 		const __m128i smb = k_scale_min_bytes(x + 4);
-		const __m512i sm = _mm512_zextsi256_si512(_mm256_cvtepu8_epi16(smb));
+		const __m512i sm =
+		    _mm512_zextsi256_si512(_mm256_cvtepu8_epi16(smb));
 		__m512i q[4], sc[4];
 
 #pragma GCC unroll 4
 		for (int j = 0; j < 4; j++) {
 			/* int16 lanes 0-15: scale 2j, 16-31: scale 2j + 1 */
-			const short lo = (short)(2 * j), hi = (short)(2 * j + 1);
+			const short lo = (short)(2 * j),
+				    hi = (short)(2 * j + 1);
 
 			q[j] = _mm512_and_si512(_mm512_srlv_epi16(
 			    _mm512_broadcast_i64x4(_mm256_loadu_si256(
 			    (const __m256i *)(qs + 32 * j))), sh04), m4);
-			sc[j] = _mm512_permutexvar_epi16(_mm512_set_epi16(
-			    hi, hi, hi, hi, hi, hi, hi, hi, hi, hi, hi, hi, hi, hi, hi, hi,
-			    lo, lo, lo, lo, lo, lo, lo, lo, lo, lo, lo, lo, lo, lo, lo, lo),
+			sc[j] = _mm512_permutexvar_epi16(
+			    _mm512_set_epi16(hi, hi, hi, hi, hi, hi, hi, hi, hi,
+				hi, hi, hi, hi, hi, hi, hi, lo, lo, lo, lo, lo,
+				lo, lo, lo, lo, lo, lo, lo, lo, lo, lo, lo),
 			    sm);
 		}
 		if (t == ORCD_DTYPE_Q5_K) {
@@ -396,7 +423,7 @@ FN(k45_row)(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 
 #pragma GCC unroll 4
 			for (int j = 0; j < 4; j++) {
-				/* Low nibbles take qh bit 2j, high ones 2j + 1. */
+				/* low nibbles: qh bit 2j, high: 2j + 1 */
 				__m512i bit = _mm512_mask_blend_epi8(
 				    0xffffffff00000000ull,
 				    _mm512_set1_epi8((char)(1 << (2 * j))),
@@ -407,18 +434,24 @@ FN(k45_row)(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 				    _mm512_set1_epi8(16));
 			}
 		}
-		const __m512 vd = _mm512_set1_ps(half_f16c(load_u16(x)));
-		const __m512 vdmin = _mm512_set1_ps(half_f16c(load_u16(x + 2)));
+		/* d and dmin converted together */
+		const __m128 ddm =
+		    _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(x)));
+		const __m512 vd = _mm512_broadcastss_ps(ddm);
+		const __m512 vdmin =
+		    _mm512_broadcastss_ps(_mm_movehdup_ps(ddm));
 		/* m0..m7 as int16, in every 128-bit lane */
 		const __m512i mins = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(
 		    _mm_srli_si128(smb, 8)));
 
 #pragma GCC unroll 2
 		for (int g = 0; g < ng; g++)
-			accm[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(
-			    _mm512_madd_epi16(mins, _mm512_load_si512(pk +
-			    g * K_PACK_GROUP))), _mm512_mul_ps(vdmin,
-			    _mm512_load_ps(pk + g * K_PACK_GROUP + 64)), accm[g]);
+			accm[g] = _mm512_fmadd_ps(
+			    _mm512_cvtepi32_ps(_mm512_madd_epi16(mins,
+				_mm512_load_si512(pk + g * K_PACK_GROUP))),
+			    _mm512_mul_ps(vdmin,
+				_mm512_load_ps(pk + g * K_PACK_GROUP + 64)),
+			    accm[g]);
 #pragma GCC unroll 8
 		for (int c = 0; c < C; c++) {
 			const int8_t *y = ac[c][i].qs;
@@ -432,14 +465,15 @@ FN(k45_row)(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 			s = DPWSSD(s, _mm512_maddubs_epi16(q[3],
 			    _mm512_loadu_si512(y + 192)), sc[3]);
 			acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s),
-			    _mm512_mul_ps(vd, _mm512_set1_ps(ac[c][i].d)), acc[c]);
+			    _mm512_mul_ps(vd, _mm512_set1_ps(ac[c][i].d)),
+			    acc[c]);
 		}
 	}
 	/* Column c's mins sit in lanes 4(c % 4).. of accm[c / 4]. */
 #pragma GCC unroll 8
 	for (int c = 0; c < C; c++)
-		acc[c] = _mm512_mask_sub_ps(acc[c], (__mmask16)(0xf << (4 * (c % 4))),
-		    acc[c], accm[c / 4]);
+		acc[c] = _mm512_mask_sub_ps(acc[c],
+		    (__mmask16)(0xf << (4 * (c % 4))), acc[c], accm[c / 4]);
 	store_row(p, r, c0, C, acc);
 }
 
@@ -470,7 +504,8 @@ FN(q6k_row)(const struct mm_args *p, int r, int c0, int C)
 #pragma GCC unroll 8
 	for (int c = 0; c < C; c++) {
 		acc[c] = _mm512_setzero_ps();
-		ac[c] = (const struct quant_block_q8_K *)(p->a + (size_t)(c0 + c) * p->as);
+		ac[c] = (const struct quant_block_q8_K *)(p->a +
+		    (size_t)(c0 + c) * p->as);
 	}
 	for (int64_t i = p->u0; i < p->u1; i++, x++) {
 		const __m256i sc16 = _mm256_cvtepi8_epi16(
@@ -483,8 +518,9 @@ FN(q6k_row)(const struct mm_args *p, int r, int c0, int C)
 #pragma GCC unroll 2
 		for (int h = 0; h < 2; h++) {
 			const __m512i l = _mm512_loadu_si512(x->ql + 64 * h);
-			const __m512i hb = _mm512_broadcast_i64x4(
-			    _mm256_loadu_si256((const __m256i *)(x->qh + 32 * h)));
+			const __m512i hb =
+			    _mm512_broadcast_i64x4(_mm256_loadu_si256(
+				(const __m256i *)(x->qh + 32 * h)));
 
 			/* (l & 0x0f) | hbits, one ternary-logic op */
 			q[2 * h] = _mm512_ternarylogic_epi32(l,
@@ -499,11 +535,13 @@ FN(q6k_row)(const struct mm_args *p, int r, int c0, int C)
 		for (int j = 0; j < 4; j++) {
 			const short g = (short)(4 * j);
 
-			sc[j] = _mm512_permutexvar_epi16(_mm512_set_epi16(
-			    g + 3, g + 3, g + 3, g + 3, g + 3, g + 3, g + 3, g + 3,
-			    g + 2, g + 2, g + 2, g + 2, g + 2, g + 2, g + 2, g + 2,
-			    g + 1, g + 1, g + 1, g + 1, g + 1, g + 1, g + 1, g + 1,
-			    g, g, g, g, g, g, g, g), scz);
+			sc[j] = _mm512_permutexvar_epi16(
+			    _mm512_set_epi16(g + 3, g + 3, g + 3, g + 3, g + 3,
+				g + 3, g + 3, g + 3, g + 2, g + 2, g + 2, g + 2,
+				g + 2, g + 2, g + 2, g + 2, g + 1, g + 1, g + 1,
+				g + 1, g + 1, g + 1, g + 1, g + 1, g, g, g, g,
+				g, g, g, g),
+			    scz);
 		}
 		const __m512 vd = _mm512_set1_ps(half_f16c(x->d));
 #pragma GCC unroll 8
@@ -541,14 +579,17 @@ MM_ROW_SET(FN(q6_K), FN(q6k_row))
 #undef Q4_K_ROW
 #undef Q5_K_ROW
 
-MM_PACKED_ENTRY(FN(matmul_q4_K), MM_PACK_COLS, QCAT(FN(q4_K), _rows), NULL, FN(k_pack),
-    (size_t)(n / QUANT_QK_K) * K_PACK_GROUP, QUANT_QK_K,
-    sizeof(struct quant_block_q8_K) + K_PACK_GROUP / 4, quant_scalar_matmul_q4_K)
-MM_PACKED_ENTRY(FN(matmul_q5_K), MM_PACK_COLS, QCAT(FN(q5_K), _rows), NULL, FN(k_pack),
-    (size_t)(n / QUANT_QK_K) * K_PACK_GROUP, QUANT_QK_K,
-    sizeof(struct quant_block_q8_K) + K_PACK_GROUP / 4, quant_scalar_matmul_q5_K)
-MM_PACKED_ENTRY(FN(matmul_q6_K), MM_PACK_COLS, QCAT(FN(q6_K), _rows), NULL, FN(no_pack), 0,
-    QUANT_QK_K, sizeof(struct quant_block_q8_K), quant_scalar_matmul_q6_K)
+MM_PACKED_ENTRY(FN(matmul_q4_K), MM_PACK_COLS, QCAT(FN(q4_K), _rows), NULL,
+    FN(k_pack), (size_t)(n / QUANT_QK_K) * K_PACK_GROUP, QUANT_QK_K,
+    sizeof(struct quant_block_q8_K) + K_PACK_GROUP / 4,
+    quant_scalar_matmul_q4_K)
+MM_PACKED_ENTRY(FN(matmul_q5_K), MM_PACK_COLS, QCAT(FN(q5_K), _rows), NULL,
+    FN(k_pack), (size_t)(n / QUANT_QK_K) * K_PACK_GROUP, QUANT_QK_K,
+    sizeof(struct quant_block_q8_K) + K_PACK_GROUP / 4,
+    quant_scalar_matmul_q5_K)
+MM_PACKED_ENTRY(FN(matmul_q6_K), MM_PACK_COLS, QCAT(FN(q6_K), _rows), NULL,
+    FN(no_pack), 0, QUANT_QK_K, sizeof(struct quant_block_q8_K),
+    quant_scalar_matmul_q6_K)
 
 const struct quant_kernels FN(quant_kernels) = {
 	.name = QUANT_VNNI ? "avx512vnni" : "avx512",

@@ -1,8 +1,9 @@
 /*
  * Private to the quant module (quant.c and the per-ISA kernel files): the
- * ggml block layouts, scalar fp16 helpers, and the table of kernels each
- * instruction set provides.  quant_init() picks one table; everything a
- * table does not accelerate points at the scalar reference functions.
+ * ggml block layouts, scalar fp16 helpers, the table of kernels each
+ * instruction set provides, and the loop drivers the SIMD kernel files
+ * share.  quant_init() picks one table; everything a table does not
+ * accelerate points at the scalar reference functions.
  */
 #ifndef ORCD_CPU_QUANT_IMPL_H
 #define ORCD_CPU_QUANT_IMPL_H
@@ -120,7 +121,7 @@ quant_float_to_half(float f)
 	memcpy(&x, &f, sizeof(x));
 	sign = (x >> 16) & 0x8000;
 	ax = x & 0x7fffffff;
-	if (ax > 0x7f800000)	/* NaN: keep the top payload bits, make it quiet */
+	if (ax > 0x7f800000) /* NaN: keep the top payload bits, make it quiet */
 		return (uint16_t)(sign | 0x7e00 | ((ax >> 13) & 0x3ff));
 	if (ax >= 0x477ff000)	/* rounds to >= 65520: infinity */
 		return (uint16_t)(sign | 0x7c00);
@@ -207,7 +208,7 @@ struct mm_args {
 	size_t as;
 	float *out;
 	size_t ldo;
-	const uint8_t *pack;	/* packed activation columns (quantized types) */
+	const uint8_t *pack; /* packed activation columns (quantized types) */
 	int64_t u0, u1;		/* the k range, in kernel units, of this pass */
 	int accumulate;		/* add into out instead of storing */
 };
@@ -218,16 +219,19 @@ typedef void mm_tile_fn(const struct mm_args *p, int r0, int c0);
 typedef void mm_pack_fn(const struct mm_args *p, int c0, int C, uint8_t *pack);
 
 /*
- * Float weight types: rows in steps of 4 (1 when there are only one or
- * two columns, so that the weights are read as one sequential stream:
- * interleaving several rows' streams costs half the memory bandwidth on
- * the machines measured), columns in steps of ct (at most 4).
+ * Float weight types: rows in steps of 4, columns in steps of ct (at
+ * most 4).  With one or two columns (memory-bound) the weights are read
+ * one row at a time, as one sequential stream: interleaving several rows'
+ * streams costs up to half the memory bandwidth on the machines measured,
+ * except when the rows are short enough that the tile spans 512 bytes
+ * (the attention scores: 64 or 128 fp16 per row).
  */
 static inline void
 mm_drive(const struct mm_args *p, int nr, int nc, mm_tile_fn *const tiles[4][4],
     int ct)
 {
-	const int rstep = nc <= 2 ? 1 : 4;
+	/* Rows within 512 bytes of each other still stream well. */
+	const int rstep = nc > 2 || p->ws <= 128 ? 4 : p->ws <= 256 ? 2 : 1;
 
 	for (int cg = 0; cg < nc; cg += 64) {	/* 64 columns stay in L2 */
 		const int ce = nc - cg > 64 ? cg + 64 : nc;
@@ -280,7 +284,8 @@ mm_drive_packed(struct mm_args *p, int nr, int nc, int ct,
 	if (need > sizeof(stack)) {
 		heap = aligned_alloc(64, (need + 63) & ~(size_t)63);
 		if (heap == NULL) {
-			fallback(p->n, p->w, p->ws, nr, p->a, p->as, nc, p->out, p->ldo);
+			fallback(p->n, p->w, p->ws, nr, p->a, p->as, nc, p->out,
+			    p->ldo);
 			return;
 		}
 		buf = heap;
@@ -298,7 +303,8 @@ mm_drive_packed(struct mm_args *p, int nr, int nc, int ct,
 			int64_t ku = nu;
 
 			if (blocked) {
-				ku = (int64_t)(MM_L1_BUDGET / ((size_t)C * unit_col_bytes));
+				ku = (int64_t)(MM_L1_BUDGET /
+				    ((size_t)C * unit_col_bytes));
 				ku = ku < 1 ? 1 : ku > nu ? nu : ku;
 			}
 			pack(p, c0, C, buf);
@@ -309,8 +315,8 @@ mm_drive_packed(struct mm_args *p, int nr, int nc, int ct,
 				p->accumulate = u0 > 0;
 				int r = r0;
 
-				/* Rows from L2 may go two at a time, sharing the
-				 * activation loads. */
+				/* Rows from L2 may go two at a
+				 * time, sharing activation loads. */
 				if (blocked && rows2 != NULL)
 					for (; r + 2 <= re; r += 2)
 						rows2[C - 1](p, r, c0);
