@@ -88,6 +88,11 @@ orcd_metrics_init(struct orcd *o)
 	m->shutdown_seconds = metrics_gauge(r, "orcd_shutdown_seconds",
 	    "duration of the last graceful shutdown (drain)", NULL);
 	m->uptime = metrics_gauge(r, "orcd_uptime_seconds", "seconds since start", NULL);
+	m->loop_lag = metrics_histogram(r, "orcd_loop_lag_seconds",
+	    "lateness of a periodic event-loop timer (how long the loop was blocked)",
+	    NULL, small, 16);
+	m->loop_lag_max = metrics_gauge(r, "orcd_loop_lag_max_seconds",
+	    "largest event-loop timer lateness since start", NULL);
 	return 0;
 }
 

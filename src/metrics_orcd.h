@@ -49,6 +49,8 @@ struct orcd_metrics {
 	struct metric_gauge *phase_http_start;
 	struct metric_gauge *shutdown_seconds;
 	struct metric_gauge *uptime;
+	struct metric_histogram *loop_lag;
+	struct metric_gauge *loop_lag_max;
 };
 
 int orcd_metrics_init(struct orcd *o);

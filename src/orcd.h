@@ -51,6 +51,9 @@ struct orcd {
 	struct orcd_metrics *m;
 	struct health_snapshot health;
 	struct event *health_timer;
+	struct event *lag_timer;   /* loop stall probe */
+	double lag_expected;
+	double lag_max;
 	struct event *sig_term, *sig_int, *grace_timer;
 	double t_start;          /* monotonic seconds at startup */
 	double t_drain;          /* when draining started */

@@ -134,6 +134,27 @@ health_timer_cb(evutil_socket_t fd, short what, void *arg)
 	orcd_refresh_health(arg);
 }
 
+/* The loop-stall probe: a 5 ms timer whose lateness is how long the loop
+ * could not run (a blocking call, a long callback). */
+#define LAG_INTERVAL_S 0.005
+
+static void
+lag_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct orcd *o = arg;
+	double now = orcd_now();
+	double lag = now - o->lag_expected;
+
+	if (lag < 0)
+		lag = 0;
+	metric_histogram_observe(o->m->loop_lag, lag);
+	if (lag > o->lag_max) {
+		o->lag_max = lag;
+		metric_gauge_set(o->m->loop_lag_max, lag);
+	}
+	o->lag_expected = now + LAG_INTERVAL_S;
+}
+
 /* ------------------------------------------------------------ loading */
 
 struct load_job {
@@ -141,6 +162,7 @@ struct load_job {
 	struct orcd *o;
 	struct model *model;
 	struct backend *backend;
+	struct sse_vocab *vocab;
 	struct orcd_err err;
 	int status;
 	double t_model, t_backend;
@@ -165,11 +187,11 @@ load_done(struct cq_item *item)
 	}
 	o->model = j->model;
 	o->backend = j->backend;
+	o->vocab = j->vocab;
 	metric_gauge_set(o->m->phase_model_load, j->t_model);
 	metric_gauge_set(o->m->phase_backend_init, j->t_backend);
 	free(j);
-	o->vocab = sse_vocab_new(o->model->tok, &err);
-	if (o->vocab == NULL || (o->sched = sched_new(o, &err)) == NULL) {
+	if ((o->sched = sched_new(o, &err)) == NULL) {
 		log_error("%s", err.msg);
 		o->phase = ORCD_FAILED;
 		o->exit_code = 1;
@@ -200,6 +222,12 @@ load_main(void *arg)
 	double t0 = orcd_now();
 
 	j->status = model_load(o->cfg.model, &j->model, &j->err);
+	/* the escaped vocabulary is built here, not on the loop */
+	if (j->status == 0 && (j->vocab = sse_vocab_new(j->model->tok, &j->err)) == NULL) {
+		model_free(j->model);
+		j->model = NULL;
+		j->status = -1;
+	}
 	j->t_model = orcd_now() - t0;
 	if (j->status == 0) {
 		t0 = orcd_now();
@@ -213,6 +241,8 @@ load_main(void *arg)
 		}
 		j->t_backend = orcd_now() - t0;
 		if (j->status != 0) {
+			sse_vocab_free(j->vocab);
+			j->vocab = NULL;
 			model_free(j->model);
 			j->model = NULL;
 		}
@@ -347,6 +377,13 @@ serve_main(int argc, char **argv)
 		    (o.cfg.health_interval_ms % 1000) * 1000 };
 		event_add(o.health_timer, &tv);
 	}
+	o.lag_timer = event_new(o.base, -1, EV_PERSIST, lag_timer_cb, &o);
+	{
+		struct timeval tv = { 0, (suseconds_t)(LAG_INTERVAL_S * 1e6) };
+
+		o.lag_expected = orcd_now() + LAG_INTERVAL_S;
+		event_add(o.lag_timer, &tv);
+	}
 	j = calloc(1, sizeof(*j));
 	j->o = &o;
 	j->item.fn = load_done;
@@ -368,6 +405,8 @@ out:
 	model_free(o.model);
 	if (o.health_timer)
 		event_free(o.health_timer);
+	if (o.lag_timer)
+		event_free(o.lag_timer);
 	if (o.grace_timer)
 		event_free(o.grace_timer);
 	if (o.sig_term)

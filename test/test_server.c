@@ -57,7 +57,7 @@ test_server_start(struct test_server *s, const char *name, ...)
 	argv[n++] = "--ready-file";
 	argv[n++] = s->ready;
 	argv[n++] = "--threads";
-	argv[n++] = "2";
+	argv[n++] = getenv("ORCD_TEST_THREADS") ? getenv("ORCD_TEST_THREADS") : "2";
 	va_start(ap, name);
 	for (const char *a; (a = va_arg(ap, const char *)) != NULL && n < 62;)
 		argv[n++] = a;
@@ -225,8 +225,12 @@ test_metric_value(int port, const char *series)
 	const char *p;
 
 	test_http_get(port, "/metrics", resp, sizeof(resp));
-	p = strstr(resp, series);
-	return p ? strtoull(p + strlen(series), NULL, 10) : 0;
+	char key[512];
+
+	/* at a line start, so a HELP line naming the metric does not match */
+	snprintf(key, sizeof(key), "\n%s", series);
+	p = strstr(resp, key);
+	return p ? strtoull(p + strlen(key), NULL, 10) : 0;
 }
 
 int

@@ -414,6 +414,14 @@ float_tile(int ft, const struct mm_args *p, int r0, int c0, int R, int C)
 
 FLOAT_TILE_SET(f32_avx2, FT_F32)
 FLOAT_TILE_SET(f16_avx2, FT_F16)
+
+/* Also the F16 kernel of the AVX-512 sets (see there). */
+void
+quant_avx2_matmul_f16(int64_t n, const void *w, size_t w_stride, int nr,
+    const void *a, size_t a_stride, int nc, float *out, size_t ldo)
+{
+	matmul_f16_avx2(n, w, w_stride, nr, a, a_stride, nc, out, ldo);
+}
 FLOAT_TILE_SET(bf16_avx2, FT_BF16)
 
 /* --------------------------------------------- legacy 32-element blocks */

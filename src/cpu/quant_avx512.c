@@ -284,7 +284,8 @@ fp32_from_fp16_avx512(const uint16_t *src, float *dst, int64_t n)
 
 /* ------------------------------------------------- float weight types */
 
-enum { FT_F32, FT_F16, FT_BF16 };
+/* F32 and BF16 (F16 uses the AVX2 kernel, see the kernel tables). */
+enum { FT_F32, FT_BF16 };
 
 /* 16 elements (fewer under mask k) of a float-like row as floats. */
 QUANT_INLINE __m512
@@ -292,19 +293,13 @@ float_load(int ft, const uint8_t *p, int64_t k, __mmask16 mask, int masked)
 {
 	const float *pf = (const float *)p + k;
 	const uint16_t *ph = (const uint16_t *)p + k;
-	const __m256i h = masked ? _mm256_maskz_loadu_epi16(mask, ph) :
-	    _mm256_loadu_si256((const __m256i *)ph);
 
-	switch (ft) {
-	case FT_F32:
+	if (ft == FT_F32)
 		return masked ? _mm512_maskz_loadu_ps(mask, pf) :
 		    _mm512_loadu_ps(pf);
-	case FT_F16:
-		return _mm512_cvtph_ps(h);
-	default:
-		return _mm512_castsi512_ps(_mm512_slli_epi32(
-		    _mm512_cvtepu16_epi32(h), 16));
-	}
+	return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
+	    masked ? _mm256_maskz_loadu_epi16(mask, ph) :
+	    _mm256_loadu_si256((const __m256i *)ph)), 16));
 }
 
 QUANT_INLINE void
@@ -367,14 +362,11 @@ float_tile(int ft, const struct mm_args *p, int r0, int c0, int R, int C)
 }
 
 #define F32_TILE(p, r0, c0, R, C) float_tile(FT_F32, p, r0, c0, R, C)
-#define F16_TILE(p, r0, c0, R, C) float_tile(FT_F16, p, r0, c0, R, C)
 #define BF16_TILE(p, r0, c0, R, C) float_tile(FT_BF16, p, r0, c0, R, C)
 MM_TILE_SET(f32_avx512, F32_TILE)
-MM_TILE_SET(f16_avx512, F16_TILE)
 MM_TILE_SET(bf16_avx512, BF16_TILE)
 
 MM_FLOAT_ENTRY(matmul_f32_avx512, f32_avx512_tiles, 4)
-MM_FLOAT_ENTRY(matmul_f16_avx512, f16_avx512_tiles, 4)
 MM_FLOAT_ENTRY(matmul_bf16_avx512, bf16_avx512_tiles, 4)
 
 /* ------------------------------------------------- integer weight types */

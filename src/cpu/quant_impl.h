@@ -422,6 +422,7 @@ name(int64_t n, const void *w, size_t w_stride, int nr, const void *a,	\
 
 extern const struct quant_kernels quant_kernels_scalar;
 #if defined(__x86_64__) || defined(__i386__)
+quant_matmul_fn quant_avx2_matmul_f16;
 extern const struct quant_kernels quant_kernels_avx2;
 extern const struct quant_kernels quant_kernels_avx512;
 extern const struct quant_kernels quant_kernels_avx512vnni;
