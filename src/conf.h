@@ -21,6 +21,7 @@ struct conf {
 	int n_listen;
 	char *backend;            /* "cpu" (default) or "cuda" */
 	int threads;              /* CPU threads; 0 = all */
+	int compute_nice;         /* nice value of the compute threads */
 	int max_connections;
 	long max_header_bytes;
 	long max_body_bytes;

@@ -21,7 +21,7 @@ orcd_metrics_init(struct orcd *o)
 	static const int codes[] = { 200, 202, 400, 404, 405, 408, 413, 429, 431,
 	    500, 503, 504, 505 };
 	/* latency buckets: 100 us .. ~100 s, x2 */
-	double lat[21], small[16], batch[13], tokens[14];
+	double lat[21], small[16], batch[13], tokens[14], fine[48];
 	struct orcd_metrics *m = calloc(1, sizeof(*m));
 	struct metrics *r = metrics_new();
 	char labels[64];
@@ -37,6 +37,8 @@ orcd_metrics_init(struct orcd *o)
 	metrics_buckets_exponential(0.00001, 2.0, 16, small);
 	metrics_buckets_exponential(1, 2.0, 13, batch);
 	metrics_buckets_exponential(1, 2.0, 14, tokens);
+	/* abort latencies are compared with one decode step: finer buckets */
+	metrics_buckets_exponential(0.00001, 1.25, 48, fine);
 
 	for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
 		snprintf(labels, sizeof(labels), "code=\"%d\"", codes[i]);
@@ -68,15 +70,15 @@ orcd_metrics_init(struct orcd *o)
 	m->queue_wait = metrics_histogram(r, "orcd_queue_wait_seconds",
 	    "admission to the first scheduled step", NULL, lat, 21);
 	m->cancel_latency = metrics_histogram(r, "orcd_cancel_latency_seconds",
-	    "cancel request seen to KV cache freed", NULL, lat, 21);
+	    "cancel request seen to KV cache freed", NULL, fine, 48);
 	m->disconnect_latency = metrics_histogram(r, "orcd_disconnect_abort_seconds",
-	    "client disconnect seen to KV cache freed", NULL, lat, 21);
+	    "client disconnect seen to KV cache freed", NULL, fine, 48);
 	m->step_batch = metrics_histogram(r, "orcd_step_batch_size",
 	    "sequences per engine step", NULL, batch, 13);
 	m->step_tokens = metrics_histogram(r, "orcd_step_tokens",
 	    "tokens per engine step", NULL, tokens, 14);
 	m->step_seconds = metrics_histogram(r, "orcd_step_seconds",
-	    "engine step duration", NULL, lat, 21);
+	    "engine step duration", NULL, fine, 48);
 	m->health_latency = metrics_histogram(r, "orcd_health_handler_seconds",
 	    "GET /health handler time", NULL, small, 16);
 	m->phase_model_load = metrics_gauge(r, "orcd_startup_phase_seconds",

@@ -29,6 +29,12 @@ enum orcd_phase {
 	ORCD_DRAINING,    /* SIGTERM seen: no new work, streams finishing */
 };
 
+/* Event priorities (event_base_priority_init): 0 urgent, 1 default (the
+ * libevent default for 3 levels), 2 bulk streaming output. */
+#define ORCD_PRIORITIES 3
+#define ORCD_PRIO_DEFAULT 1
+#define ORCD_PRIO_STREAM 2
+
 /* The cached /health view, rebuilt by a timer, read by GET /health. */
 struct health_snapshot {
 	char json[1024];

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -236,6 +237,13 @@ load_main(void *arg)
 			    o->cfg.backend);
 			j->status = -1;
 		} else {
+			/* The engine threads inherit this thread's nice value: the
+			 * loop thread (nice 0) then always gets a core when it has
+			 * work, even on a machine the engine saturates. */
+			if (o->cfg.compute_nice > 0 &&
+			    setpriority(PRIO_PROCESS, 0, o->cfg.compute_nice) != 0)
+				log_warn("cannot lower the compute threads' priority: %s",
+				    strerror(errno));
 			j->status = backend_cpu_new(j->model, o->cfg.threads, o->cq, &j->backend,
 			    &j->err);
 		}
@@ -349,6 +357,13 @@ serve_main(int argc, char **argv)
 	}
 	signal(SIGPIPE, SIG_IGN);
 	o.base = event_base_new();
+	/* Priorities: streaming sockets' writes run after everything else in a
+	 * loop iteration, so a /health probe or a new request is not queued
+	 * behind a step's worth of token writes. */
+	if (o.base != NULL && event_base_priority_init(o.base, ORCD_PRIORITIES) != 0) {
+		fprintf(stderr, "orcd serve: cannot set event priorities\n");
+		return 1;
+	}
 	if (o.base == NULL || (o.cq = cq_new(o.base, &err)) == NULL ||
 	    orcd_metrics_init(&o) != 0) {
 		fprintf(stderr, "orcd serve: cannot set up the event loop\n");

@@ -463,6 +463,7 @@ conn_stream_begin(struct conn *c, struct req *r, const char *content_type,
 	    *chunked ? "Transfer-Encoding: chunked\r\n" : NULL, !*chunked);
 	c->stream = r;
 	c->phase = CONN_BUSY;
+	bufferevent_priority_set(c->bev, ORCD_PRIO_STREAM);
 	/* the write callback fires when the output drops below half the limit */
 	bufferevent_setwatermark(c->bev, EV_WRITE, (size_t)c->o->cfg.write_high_watermark / 2, 0);
 	orcd_metrics_http(c->o, 200);
@@ -476,6 +477,7 @@ conn_stream_end(struct conn *c)
 
 	c->stream = NULL;
 	bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+	bufferevent_priority_set(c->bev, ORCD_PRIO_DEFAULT);
 	conn_response_done(c, close);
 }
 

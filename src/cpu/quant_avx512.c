@@ -10,7 +10,8 @@
  * activation columns are packed into vectors the kernels load whole, then
  * each weight row is unpacked once per block and multiplied with every
  * packed column, one 16-lane float accumulator per column, reduced when
- * the row is done.  Float types use R x C register tiles (R, C <= 4).
+ * the row is done.  F32 and BF16 use R x C register tiles (R, C <= 4);
+ * F16 uses the AVX2 kernel (512-bit fp16 conversion is slow on Zen 4).
  */
 #include <immintrin.h>
 #include <stdint.h>
