@@ -207,14 +207,15 @@ bench_one(const struct bench_case *bc)
 	out = malloc(sizeof(float) * (size_t)nr * ncol);
 	for (size_t i = 0; i < (size_t)n * (nr > ncol ? nr : ncol); i++)
 		x[i] = rand_float();
-	w[0] = malloc(mat);
+	/* One block for the ring, as a model's weights sit in one mapping. */
+	uint8_t *ring = malloc(mat * (size_t)copies);
+	for (int i = 0; i < copies; i++)
+		w[i] = ring + mat * (size_t)i;
 	for (int r = 0; r < nr; r++)
-		quant_quantize_row(
-		    t, x + (size_t)r * n, w[0] + (size_t)r * ws, n);
-	for (int i = 1; i < copies; i++) {
-		w[i] = malloc(mat);
+		quant_quantize_row(t, x + (size_t)r * n, w[0] + (size_t)r * ws,
+		    n);
+	for (int i = 1; i < copies; i++)
 		memcpy(w[i], w[0], mat);
-	}
 	for (int i = 0; i < (nr > ncol ? nr : ncol) * n; i++)
 		x[i] = rand_float() * 4.0f;
 
@@ -248,8 +249,7 @@ bench_one(const struct bench_case *bc)
 	}
 	printf("\n");
 	fflush(stdout);
-	for (int i = 0; i < copies; i++)
-		free(w[i]);
+	free(ring);
 	free(x);
 	free(a);
 	free(out);
@@ -272,8 +272,8 @@ main(int argc, char **argv)
 		{ ORCD_DTYPE_Q5_1, 896, 4864 }, { ORCD_DTYPE_Q5_K, 896, 4864 },
 		{ ORCD_DTYPE_BF16, 896, 4864 }, { ORCD_DTYPE_F32, 896, 4864 },
 	};
-	const char *const *names = argc > 1 ? (const char *const *)argv + 1
-					    : all;
+	const char *const *names = argc > 1 ?
+	    (const char *const *)argv + 1 : all;
 	const int n_names = argc > 1 ? argc - 1 : 4;
 	const char *types = getenv("QUANT_BENCH_TYPES");
 

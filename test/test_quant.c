@@ -227,16 +227,16 @@ ref_dequantize(enum orcd_dtype t, const uint8_t *p, float *y, int64_t n)
 			break;
 		case ORCD_DTYPE_Q4_0: /* d, 16 bytes: j low, j + 16 high */
 			for (int e = 0; e < 32; e++) {
-				int q = e < 16 ? b[2 + e] & 15
-					       : b[2 + e - 16] >> 4;
+				int q = e < 16 ? b[2 + e] & 15 :
+				    b[2 + e - 16] >> 4;
 
 				o[e] = (float)(q - 8) * ref_half(get16(b));
 			}
 			break;
 		case ORCD_DTYPE_Q4_1:	/* d, m, 16 bytes */
 			for (int e = 0; e < 32; e++) {
-				int q = e < 16 ? b[4 + e] & 15
-					       : b[4 + e - 16] >> 4;
+				int q = e < 16 ? b[4 + e] & 15 :
+				    b[4 + e - 16] >> 4;
 
 				o[e] = (float)q * ref_half(get16(b)) +
 				    ref_half(get16(b + 2));
@@ -250,8 +250,8 @@ ref_dequantize(enum orcd_dtype t, const uint8_t *p, float *y, int64_t n)
 			    (uint32_t)b[h + 3] << 24;
 
 			for (int e = 0; e < 32; e++) {
-				int q = e < 16 ? b[h + 4 + e] & 15
-					       : b[h + 4 + e - 16] >> 4;
+				int q = e < 16 ? b[h + 4 + e] & 15 :
+				    b[h + 4 + e - 16] >> 4;
 
 				q += 16 * (int)((qh >> e) & 1);
 				if (t == ORCD_DTYPE_Q5_0)
@@ -284,8 +284,8 @@ ref_dequantize(enum orcd_dtype t, const uint8_t *p, float *y, int64_t n)
 			for (int e = 0; e < 256; e++) {
 				int pair = e / 64, l = e % 32,
 				    upper = (e % 64) >= 32;
-				int q = upper ? qs[32 * pair + l] >> 4
-					      : qs[32 * pair + l] & 15;
+				int q = upper ? qs[32 * pair + l] >> 4 :
+				    qs[32 * pair + l] & 15;
 				int sc, m;
 
 				if (t == ORCD_DTYPE_Q5_K)
@@ -411,8 +411,8 @@ test_fp16_edges(void **state)
 	}
 	/* Every half converts exactly and converts back to itself. */
 	for (uint32_t h = 0; h < 65536; h++) {
-		float f = quant_fp16_to_fp32((uint16_t)h),
-		      r = ref_half((uint16_t)h);
+		const float f = quant_fp16_to_fp32((uint16_t)h);
+		const float r = ref_half((uint16_t)h);
 
 		if (isnan(r)) {
 			assert_true(isnan(f));
@@ -513,8 +513,8 @@ test_dequantize_exact(void **state)
 {
 	enum { N = 256 * 16 };
 	uint8_t *blocks = malloc(N * 4);
-	float *want = malloc(N * sizeof(float)),
-	      *got = malloc(N * sizeof(float));
+	float *want = malloc(N * sizeof(float));
+	float *got = malloc(N * sizeof(float));
 
 	(void)state;
 	for (size_t k = 0; k < sizeof(all_types) / sizeof(all_types[0]); k++) {
@@ -835,8 +835,8 @@ static void
 test_matmul_isas_agree(void **state)
 {
 	enum { N = 4864, R = 11, C = 6 };
-	float *x = malloc(sizeof(float) * N * R),
-	      *y = malloc(sizeof(float) * N * C);
+	float *x = malloc(sizeof(float) * N * R);
+	float *y = malloc(sizeof(float) * N * C);
 	uint8_t *w = malloc((size_t)N * 4 * R), *a = malloc((size_t)N * 4 * C);
 	float *x2 = malloc(sizeof(float) * N), *y2 = malloc(sizeof(float) * N);
 	float ref[R * C], got[R * C];
@@ -850,8 +850,8 @@ test_matmul_isas_agree(void **state)
 	for (size_t k = 0; k < N_WEIGHT_TYPES; k++) {
 		const enum orcd_dtype t = weight_types[k];
 		const enum orcd_dtype at = quant_vec_dot_type(t);
-		const int64_t n = dtype_block_elems(t) == 256 ? 4864
-							      : 4864 - 32;
+		const int64_t n = dtype_block_elems(t) == 256 ? 4864 :
+		    4864 - 32;
 		uint64_t ws, as;
 
 		assert_true(dtype_row_bytes(t, (uint64_t)n, &ws));

@@ -326,8 +326,8 @@ float_step(int ft, const struct mm_args *p, int r0, int c0, int R, int C,
 	for (int c = 0; c < C; c++) {
 		const uint8_t *ap = p->a + (size_t)(c0 + c) * p->as;
 
-		a[c] = left ? float_load_tail(ft, ap, k, left)
-			    : float_load(ft, ap, k);
+		a[c] = left ? float_load_tail(ft, ap, k, left) :
+		    float_load(ft, ap, k);
 	}
 #pragma GCC unroll 4
 	for (int r = 0; r < R; r++) {
@@ -617,8 +617,7 @@ lg_row_kernel(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 #pragma GCC unroll 4
 	for (int c = 0; c < C; c++)
 		acc[c] = _mm256_setzero_ps();
-	for (int64_t u = p->u0; u < p->u1;
-	     u++, x += 2 * wb, pk += (size_t)C * ub) {
+	for (int64_t u = p->u0; u < p->u1; u++) {
 		struct lg_row row;
 
 		lg_load_row(t, lg_tail(x, nb, u, wb, tmp), &row);
@@ -636,6 +635,8 @@ lg_row_kernel(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 				    _mm256_load_ps((const float *)(d + 128)),
 				    acc[c]);
 		}
+		x += 2 * wb;
+		pk += (size_t)C * ub;
 	}
 	store_row(p, r, c0, C, acc);
 }
@@ -713,9 +714,8 @@ bcast_i16(__m256i v, int e)
 QUANT_INLINE void
 k45_row(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 {
-	const size_t wb = t == ORCD_DTYPE_Q4_K
-	    ? sizeof(struct quant_block_q4_K)
-	    : sizeof(struct quant_block_q5_K);
+	const size_t wb = t == ORCD_DTYPE_Q4_K ?
+	    sizeof(struct quant_block_q4_K) : sizeof(struct quant_block_q5_K);
 	const __m256i m4 = _mm256_set1_epi8(0x0f);
 	const uint8_t *x = p->w + (size_t)r * p->ws + (size_t)p->u0 * wb;
 	const uint8_t *pk = p->pack + (size_t)p->u0 * (size_t)C * K_PACK;
@@ -728,8 +728,7 @@ k45_row(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 		ac[c] = (const struct quant_block_q8_K *)(p->a +
 		    (size_t)(c0 + c) * p->as);
 	}
-	for (int64_t i = p->u0; i < p->u1;
-	     i++, x += wb, pk += (size_t)C * K_PACK) {
+	for (int64_t i = p->u0; i < p->u1; i++) {
 		const uint8_t *qs = x + (t == ORCD_DTYPE_Q4_K ? 16 : 48);
 		const uint32_t x0 = load_u32(x + 4), x1 = load_u32(x + 8);
 		const uint32_t x2 = load_u32(x + 12);
@@ -750,9 +749,9 @@ k45_row(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 		for (int s = 0; s < 8; s++) {
 			const __m256i z = _mm256_loadu_si256(
 			    (const __m256i *)(qs + 32 * (s / 2)));
-			__m256i q = s % 2
-			    ? _mm256_and_si256(_mm256_srli_epi16(z, 4), m4)
-			    : _mm256_and_si256(z, m4);
+			__m256i q = s % 2 ?
+			    _mm256_and_si256(_mm256_srli_epi16(z, 4), m4) :
+			    _mm256_and_si256(z, m4);
 			const __m256i sc = bcast_i16(sm, s);
 
 			if (t == ORCD_DTYPE_Q5_K) {
@@ -773,9 +772,8 @@ k45_row(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 						32 * s))),
 				    sc);
 
-				sum[c] = s == 0
-				    ? prod
-				    : _mm256_add_epi32(sum[c], prod);
+				sum[c] = s == 0 ? prod :
+				    _mm256_add_epi32(sum[c], prod);
 			}
 		}
 #pragma GCC unroll 4
@@ -795,6 +793,8 @@ k45_row(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 			    _mm256_blend_ps(_mm256_setzero_ps(), m, 0x0f),
 			    _mm256_set1_ps(-dmin * ad), acc[c]);
 		}
+		x += wb;
+		pk += (size_t)C * K_PACK;
 	}
 	store_row(p, r, c0, C, acc);
 }
@@ -858,9 +858,8 @@ q6k_row(const struct mm_args *p, int r, int c0, int C)
 						32 * j))),
 				    sc);
 
-				sum[c] = j == 0
-				    ? prod
-				    : _mm256_add_epi32(sum[c], prod);
+				sum[c] = j == 0 ? prod :
+				    _mm256_add_epi32(sum[c], prod);
 			}
 		}
 #pragma GCC unroll 4

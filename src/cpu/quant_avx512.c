@@ -144,8 +144,8 @@ scales4(const uint8_t *p, int stride, int once)
 QUANT_INLINE __m128i
 k_scale_min_bytes(const uint8_t *s)
 {
-	const uint32_t x0 = load_u32(s), x1 = load_u32(s + 4),
-		       x2 = load_u32(s + 8);
+	const uint32_t x0 = load_u32(s), x1 = load_u32(s + 4);
+	const uint32_t x2 = load_u32(s + 8);
 	const uint32_t sc_lo = x0 & 0x3f3f3f3f, m_lo = x1 & 0x3f3f3f3f;
 	const uint32_t sc_hi = (x2 & 0x0f0f0f0f) | ((x0 >> 2) & 0x30303030);
 	const uint32_t m_hi = ((x2 >> 4) & 0x0f0f0f0f) |

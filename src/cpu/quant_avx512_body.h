@@ -164,8 +164,8 @@ FN(lg_load_row)(enum orcd_dtype t, const uint8_t *x, struct FN(lg_row) *row)
 	case ORCD_DTYPE_Q5_1: {
 		const int hoff = t == ORCD_DTYPE_Q5_0 ? 2 : 4;
 		const __m512i z = load4x128(x + hoff + 4, wb);
-		const uint32_t h0 = load_u32(x + hoff),
-			       h1 = load_u32(x + wb + hoff);
+		const uint32_t h0 = load_u32(x + hoff);
+		const uint32_t h1 = load_u32(x + wb + hoff);
 		const uint32_t h2 = load_u32(x + 2 * wb + hoff);
 		const uint32_t h3 = load_u32(x + 3 * wb + hoff);
 		/* qh bit e is the fifth bit of element e: bits 0-15 go with the
@@ -255,17 +255,20 @@ FN(lg_row_kernel)(enum orcd_dtype t, const struct mm_args *p, int r, int c0,
 #pragma GCC unroll 8
 		for (int c = 0; c < C; c++)
 			acc[i][c] = _mm512_setzero_ps();
-	for (int64_t u = p->u0; u < p->u1;
-	     u++, x += 4 * wb, pk += (size_t)C * ub) {
+	for (int64_t u = p->u0; u < p->u1; u++) {
 		struct FN(lg_row) row[2];
 
+#ifdef QUANT_PF
+		for (int o = 0; o < 4 * wb; o += 64)
+			_mm_prefetch((const char *)x + QUANT_PF + o, _MM_HINT_T0);
+#endif
 #pragma GCC unroll 2
-		for (int i = 0; i < R; i++)
-			FN(lg_load_row)
-			(t,
-			    FN(lg_tail)(
-				x + (size_t)i * p->ws, nb, u, wb, tmp[i]),
-			    &row[i]);
+		for (int i = 0; i < R; i++) {
+			const uint8_t *xi = FN(lg_tail)(x + (size_t)i * p->ws,
+			    nb, u, wb, tmp[i]);
+
+			FN(lg_load_row)(t, xi, &row[i]);
+		}
 #pragma GCC unroll 8
 		for (int c = 0; c < C; c++) {
 			const uint8_t *d = pk + (size_t)c * ub;
@@ -281,6 +284,8 @@ FN(lg_row_kernel)(enum orcd_dtype t, const struct mm_args *p, int r, int c0,
 					    _mm512_load_ps(d + 256), acc[i][c]);
 			}
 		}
+		x += 4 * wb;
+		pk += (size_t)C * ub;
 	}
 #pragma GCC unroll 2
 	for (int i = 0; i < R; i++)
@@ -374,9 +379,8 @@ QUANT_INLINE void
 FN(k45_row)(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 {
 	const int ng = (C + 3) / 4;
-	const size_t wb = t == ORCD_DTYPE_Q4_K
-	    ? sizeof(struct quant_block_q4_K)
-	    : sizeof(struct quant_block_q5_K);
+	const size_t wb = t == ORCD_DTYPE_Q4_K ?
+	    sizeof(struct quant_block_q4_K) : sizeof(struct quant_block_q5_K);
 	const __m512i m4 = _mm512_set1_epi8(0x0f);
 	const __m512i sh04 = _mm512_set_epi64(0x0004000400040004,
 	    0x0004000400040004, 0x0004000400040004, 0x0004000400040004,
@@ -393,8 +397,11 @@ FN(k45_row)(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 		    (size_t)(c0 + c) * p->as);
 	}
 	accm[0] = accm[1] = _mm512_setzero_ps();
-	for (int64_t i = p->u0; i < p->u1;
-	     i++, x += wb, pk += (size_t)ng * K_PACK_GROUP) {
+	for (int64_t i = p->u0; i < p->u1; i++) {
+#ifdef QUANT_PF
+		for (int o = 0; o < (int)wb; o += 64)
+			_mm_prefetch((const char *)x + QUANT_PF + o, _MM_HINT_T0);
+#endif
 		const uint8_t *qs = x + (t == ORCD_DTYPE_Q4_K ? 16 : 48);
 		/* [sc0..sc7, m0..m7] as int16 */
 		const __m128i smb = k_scale_min_bytes(x + 4);
@@ -468,6 +475,8 @@ FN(k45_row)(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 			    _mm512_mul_ps(vd, _mm512_set1_ps(ac[c][i].d)),
 			    acc[c]);
 		}
+		x += wb;
+		pk += (size_t)ng * K_PACK_GROUP;
 	}
 	/* Column c's mins sit in lanes 4(c % 4).. of accm[c / 4]. */
 #pragma GCC unroll 8
@@ -508,6 +517,10 @@ FN(q6k_row)(const struct mm_args *p, int r, int c0, int C)
 		    (size_t)(c0 + c) * p->as);
 	}
 	for (int64_t i = p->u0; i < p->u1; i++, x++) {
+#ifdef QUANT_PF
+		for (int o = 0; o < 210; o += 64)
+			_mm_prefetch((const char *)x + QUANT_PF + o, _MM_HINT_T0);
+#endif
 		const __m256i sc16 = _mm256_cvtepi8_epi16(
 		    _mm_loadu_si128((const __m128i *)x->scales));
 		const __m512i scz = _mm512_zextsi256_si512(sc16);
