@@ -12,11 +12,11 @@
  *
  * usage: quant-bench [isa ...]   (default: every kernel set this CPU has)
  */
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <threads.h>	/* C11 threads: no <sched.h>, which -Isrc shadows */
 #include <time.h>
 
 #include "orcd/dtype.h"
@@ -125,7 +125,7 @@ mt_part(struct mt *m, int id, int copy)
 		    nr, m->a, 0, 1, m->out + r0, (size_t)m->nr);
 }
 
-static void *
+static int
 mt_worker(void *arg)
 {
 	struct mt_arg *ma = arg;
@@ -138,7 +138,7 @@ mt_worker(void *arg)
 		while ((g = atomic_load(&m->go)) == seen)
 			;
 		if (g < 0)
-			return NULL;
+			return 0;
 		seen = g;
 		mt_part(m, ma->id, g % m->copies);
 		atomic_fetch_add(&m->done, 1);
@@ -149,7 +149,7 @@ mt_worker(void *arg)
 static double
 time_gemv_mt(struct mt *m)
 {
-	pthread_t th[64];
+	thrd_t th[64];
 	struct mt_arg args[64];
 	double best = 1e30;
 	int gen = 0;
@@ -158,7 +158,7 @@ time_gemv_mt(struct mt *m)
 	for (int i = 1; i < m->nthreads; i++) {
 		args[i].m = m;
 		args[i].id = i;
-		pthread_create(&th[i], NULL, mt_worker, &args[i]);
+		thrd_create(&th[i], mt_worker, &args[i]);
 	}
 	for (int trial = 0; trial < 7; trial++) {
 		const double t0 = now();
@@ -180,7 +180,7 @@ time_gemv_mt(struct mt *m)
 	}
 	atomic_store(&m->go, -1);
 	for (int i = 1; i < m->nthreads; i++)
-		pthread_join(th[i], NULL);
+		thrd_join(th[i], NULL);
 	return best;
 }
 

@@ -219,6 +219,12 @@ cpu_engine_threads(const struct cpu_engine *e)
 	return e->n_threads;
 }
 
+struct pool *
+cpu_engine_pool(struct cpu_engine *e)
+{
+	return e->pool;
+}
+
 /* ------------------------------------------------------------ activations */
 
 struct act_job {

@@ -15,6 +15,7 @@
 
 struct model;
 struct cpu_engine;
+struct pool;
 
 /* KV cache of one sequence: n_ctx positions for every layer, f16. */
 struct cpu_kv {
@@ -39,6 +40,9 @@ int cpu_engine_new(const struct model *m, int n_threads, struct cpu_engine **out
     struct orcd_err *err);
 void cpu_engine_free(struct cpu_engine *e);
 int cpu_engine_threads(const struct cpu_engine *e);
+/* The engine's thread pool (for work next to the forward pass, such as
+ * sampling every sequence of a step in parallel). */
+struct pool *cpu_engine_pool(struct cpu_engine *e);
 
 int cpu_kv_init(const struct cpu_engine *e, int n_ctx, struct cpu_kv *kv,
     struct orcd_err *err);

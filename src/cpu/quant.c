@@ -101,7 +101,7 @@ quant_scalar_quantize_q8_0(const float *src, void *dst, int64_t n)
 		float amax = 0.0f;
 
 		for (int j = 0; j < QUANT_QK; j++)
-			amax = fmaxf(amax, fabsf(src[j]));
+			amax = fabsf(src[j]) > amax ? fabsf(src[j]) : amax;
 		/* ggml's x86 path multiplies by 127/amax, not by 1/d. */
 		const float d = amax / 127.0f;
 		const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
@@ -122,7 +122,7 @@ quant_scalar_quantize_q8_1(const float *src, void *dst, int64_t n)
 		int sum = 0;
 
 		for (int j = 0; j < QUANT_QK; j++)
-			amax = fmaxf(amax, fabsf(src[j]));
+			amax = fabsf(src[j]) > amax ? fabsf(src[j]) : amax;
 		const float d = amax / 127.0f;
 		const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
 
@@ -212,9 +212,10 @@ minmax(const float *x, int n, float *mn, float *mx)
 {
 	float lo = x[0], hi = x[0];
 
+	/* Plain compares: fminf/fmaxf are library calls without -ffast-math. */
 	for (int j = 1; j < n; j++) {
-		lo = fminf(lo, x[j]);
-		hi = fmaxf(hi, x[j]);
+		lo = x[j] < lo ? x[j] : lo;
+		hi = x[j] > hi ? x[j] : hi;
 	}
 	*mn = lo;
 	*mx = hi;
@@ -346,8 +347,8 @@ quantize_k_scales(const float *x, int nlevels, uint16_t *dh, uint16_t *dminh,
 			mn = 0.0f;	/* mins are stored non-negative */
 		sub_scale[s] = (mx - mn) / (float)(nlevels - 1);
 		sub_min[s] = -mn;
-		max_scale = fmaxf(max_scale, sub_scale[s]);
-		max_min = fmaxf(max_min, sub_min[s]);
+		max_scale = sub_scale[s] > max_scale ? sub_scale[s] : max_scale;
+		max_min = sub_min[s] > max_min ? sub_min[s] : max_min;
 	}
 	*dh = quant_float_to_half(max_scale / 63.0f);
 	*dminh = quant_float_to_half(max_min / 63.0f);
@@ -430,7 +431,8 @@ quantize_q6_K(const float *x, void *dst, int64_t n)
 
 		for (int g = 0; g < 16; g++) {
 			gscale[g] = signed_absmax(x + 16 * g, 16) / -32.0f;
-			amax = fmaxf(amax, fabsf(gscale[g]));
+			if (fabsf(gscale[g]) > amax)
+				amax = fabsf(gscale[g]);
 		}
 		y[i].d = quant_float_to_half(amax / 127.0f);
 		const float d = quant_half_to_float(y[i].d);

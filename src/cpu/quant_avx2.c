@@ -358,7 +358,10 @@ float_tile(int ft, const struct mm_args *p, int r0, int c0, int R, int C)
 		const uint8_t *a = p->a + (size_t)c0 * p->as;
 		__m256 e1 = _mm256_setzero_ps(), e2 = e1, e3 = e1;
 
+		const int es = ft == FT_F32 ? 4 : 2;
+
 		for (; k + 32 <= p->n; k += 32) {
+			quant_prefetch(w + (size_t)k * (size_t)es, 32 * es);
 			acc[0][0] = _mm256_fmadd_ps(float_load(ft, w, k),
 			    float_load(ft, a, k), acc[0][0]);
 			e1 = _mm256_fmadd_ps(float_load(ft, w, k + 8),
@@ -620,6 +623,7 @@ lg_row_kernel(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 	for (int64_t u = p->u0; u < p->u1; u++) {
 		struct lg_row row;
 
+		quant_prefetch(x, 2 * wb);
 		lg_load_row(t, lg_tail(x, nb, u, wb, tmp), &row);
 #pragma GCC unroll 4
 		for (int c = 0; c < C; c++) {
@@ -729,6 +733,7 @@ k45_row(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 		    (size_t)(c0 + c) * p->as);
 	}
 	for (int64_t i = p->u0; i < p->u1; i++) {
+		quant_prefetch(x, (int)wb);
 		const uint8_t *qs = x + (t == ORCD_DTYPE_Q4_K ? 16 : 48);
 		const uint32_t x0 = load_u32(x + 4), x1 = load_u32(x + 8);
 		const uint32_t x2 = load_u32(x + 12);
@@ -822,6 +827,7 @@ q6k_row(const struct mm_args *p, int r, int c0, int C)
 		    (size_t)(c0 + c) * p->as);
 	}
 	for (int64_t i = p->u0; i < p->u1; i++, x++) {
+		quant_prefetch(x, (int)sizeof(*x));
 		const __m256i sc16 = _mm256_cvtepi8_epi16(
 		    _mm_loadu_si128((const __m128i *)x->scales));
 		const __m256 vd = _mm256_set1_ps(half_f16c(x->d));

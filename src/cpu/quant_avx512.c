@@ -341,7 +341,10 @@ float_tile(int ft, const struct mm_args *p, int r0, int c0, int R, int C)
 		const uint8_t *a = p->a + (size_t)c0 * p->as;
 		__m512 e1 = _mm512_setzero_ps(), e2 = e1, e3 = e1;
 
+		const int es = ft == FT_F32 ? 4 : 2;
+
 		for (; k + 64 <= p->n; k += 64) {
+			quant_prefetch(w + (size_t)k * (size_t)es, 64 * es);
 			acc[0][0] = _mm512_fmadd_ps(float_load(ft, w, k, 0, 0),
 			    float_load(ft, a, k, 0, 0), acc[0][0]);
 			e1 = _mm512_fmadd_ps(float_load(ft, w, k + 16, 0, 0),

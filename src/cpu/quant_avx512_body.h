@@ -9,17 +9,10 @@
 #define QCAT(a, b) QCAT2(a, b)
 #define FN(x) QCAT(x, QUANT_SUFFIX)
 
-/*
- * acc + sum of u8 x s8 products, four per 32-bit lane.  Without VNNI the
- * pairs go through int16 (maddubs), which is exact while each pair of
- * products fits: callers keep the unsigned side below 128.
- */
+/* acc + the int16 pair products of x and y, per int32 lane. */
 #if QUANT_VNNI
-#define DPBUSD(acc, u, s) _mm512_dpbusd_epi32((acc), (u), (s))
 #define DPWSSD(acc, x, y) _mm512_dpwssd_epi32((acc), (x), (y))
 #else
-#define DPBUSD(acc, u, s) _mm512_add_epi32((acc), _mm512_madd_epi16(	\
-	_mm512_maddubs_epi16((u), (s)), _mm512_set1_epi16(1)))
 #define DPWSSD(acc, x, y) _mm512_add_epi32((acc), _mm512_madd_epi16((x), (y)))
 #endif
 
@@ -258,10 +251,7 @@ FN(lg_row_kernel)(enum orcd_dtype t, const struct mm_args *p, int r, int c0,
 	for (int64_t u = p->u0; u < p->u1; u++) {
 		struct FN(lg_row) row[2];
 
-#ifdef QUANT_PF
-		for (int o = 0; o < 4 * wb; o += 64)
-			_mm_prefetch((const char *)x + QUANT_PF + o, _MM_HINT_T0);
-#endif
+		quant_prefetch(x, 4 * wb);
 #pragma GCC unroll 2
 		for (int i = 0; i < R; i++) {
 			const uint8_t *xi = FN(lg_tail)(x + (size_t)i * p->ws,
@@ -368,6 +358,61 @@ FN(k_pack)(const struct mm_args *p, int c0, int C, uint8_t *pack)
 	}
 }
 
+#if QUANT_VNNI
+/*
+ * With VNNI the four chunks go through VPDPBUSD (4 products per int32
+ * lane, each lane within one sub-block), two chunks' lane sums are
+ * packed to int16 (they fit: at most 4 * 63 * 128) and one multiply-add
+ * per pair of chunks applies the scales: 6 multiplies per super-block
+ * and column instead of 8.  Lane 8k + i of the packed pair (2m, 2m + 1)
+ * is chunk 2m + (i >= 4), int32 lane 4k + i % 4; the scale index tables
+ * say which scale each lane takes.
+ */
+static const short k45_packed_scale_idx[2][32] __attribute__((aligned(64))) = {
+	{ 0, 0, 0, 0, 2, 2, 2, 2, 0, 0, 0, 0, 2, 2, 2, 2,
+	  1, 1, 1, 1, 3, 3, 3, 3, 1, 1, 1, 1, 3, 3, 3, 3 },
+	{ 4, 4, 4, 4, 6, 6, 6, 6, 4, 4, 4, 4, 6, 6, 6, 6,
+	  5, 5, 5, 5, 7, 7, 7, 7, 5, 5, 5, 5, 7, 7, 7, 7 },
+};
+static const short q6k_packed_scale_idx[2][32] __attribute__((aligned(64))) = {
+	{ 0, 0, 0, 0, 4, 4, 4, 4, 1, 1, 1, 1, 5, 5, 5, 5,
+	  2, 2, 2, 2, 6, 6, 6, 6, 3, 3, 3, 3, 7, 7, 7, 7 },
+	{ 8, 8, 8, 8, 12, 12, 12, 12, 9, 9, 9, 9, 13, 13, 13, 13,
+	  10, 10, 10, 10, 14, 14, 14, 14, 11, 11, 11, 11, 15, 15, 15, 15 },
+};
+#endif
+
+/*
+ * Sum over a super-block of scale * (weight * activation) for unsigned
+ * weight chunks q[0..3] and the 64-byte activation chunks at y, per int32
+ * lane; sc as built by the row kernels.
+ */
+QUANT_INLINE __m512i
+FN(k_dot)(const __m512i *q, const __m512i *sc, const int8_t *y)
+{
+#if QUANT_VNNI
+	const __m512i z = _mm512_setzero_si512();
+	const __m512i p0 = _mm512_packs_epi32(
+	    _mm512_dpbusd_epi32(z, q[0], _mm512_loadu_si512(y)),
+	    _mm512_dpbusd_epi32(z, q[1], _mm512_loadu_si512(y + 64)));
+	const __m512i p1 = _mm512_packs_epi32(
+	    _mm512_dpbusd_epi32(z, q[2], _mm512_loadu_si512(y + 128)),
+	    _mm512_dpbusd_epi32(z, q[3], _mm512_loadu_si512(y + 192)));
+
+	return _mm512_dpwssd_epi32(_mm512_madd_epi16(p0, sc[0]), p1, sc[1]);
+#else
+	__m512i s = _mm512_madd_epi16(_mm512_maddubs_epi16(q[0],
+	    _mm512_loadu_si512(y)), sc[0]);
+
+	s = DPWSSD(s, _mm512_maddubs_epi16(q[1], _mm512_loadu_si512(y + 64)),
+	    sc[1]);
+	s = DPWSSD(s, _mm512_maddubs_epi16(q[2], _mm512_loadu_si512(y + 128)),
+	    sc[2]);
+	return DPWSSD(s, _mm512_maddubs_epi16(q[3],
+	    _mm512_loadu_si512(y + 192)), sc[3]);
+#endif
+}
+
 /*
  * Q4_K / Q5_K row kernel: chunk j (64 elements) of the weights is
  * sub-blocks 2j and 2j + 1; maddubs turns it into 32 int16 pair sums that
@@ -398,10 +443,7 @@ FN(k45_row)(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 	}
 	accm[0] = accm[1] = _mm512_setzero_ps();
 	for (int64_t i = p->u0; i < p->u1; i++) {
-#ifdef QUANT_PF
-		for (int o = 0; o < (int)wb; o += 64)
-			_mm_prefetch((const char *)x + QUANT_PF + o, _MM_HINT_T0);
-#endif
+		quant_prefetch(x, (int)wb);
 		const uint8_t *qs = x + (t == ORCD_DTYPE_Q4_K ? 16 : 48);
 		/* [sc0..sc7, m0..m7] as int16 */
 		const __m128i smb = k_scale_min_bytes(x + 4);
@@ -418,11 +460,20 @@ FN(k45_row)(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 			q[j] = _mm512_and_si512(_mm512_srlv_epi16(
 			    _mm512_broadcast_i64x4(_mm256_loadu_si256(
 			    (const __m256i *)(qs + 32 * j))), sh04), m4);
+#if QUANT_VNNI
+			(void)lo;
+			(void)hi;
+			if (j < 2)
+				sc[j] = _mm512_permutexvar_epi16(
+				    _mm512_load_si512(k45_packed_scale_idx[j]),
+				    sm);
+#else
 			sc[j] = _mm512_permutexvar_epi16(
 			    _mm512_set_epi16(hi, hi, hi, hi, hi, hi, hi, hi, hi,
 				hi, hi, hi, hi, hi, hi, hi, lo, lo, lo, lo, lo,
 				lo, lo, lo, lo, lo, lo, lo, lo, lo, lo, lo),
 			    sm);
+#endif
 		}
 		if (t == ORCD_DTYPE_Q5_K) {
 			const __m512i qh = _mm512_broadcast_i64x4(
@@ -462,15 +513,8 @@ FN(k45_row)(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 #pragma GCC unroll 8
 		for (int c = 0; c < C; c++) {
 			const int8_t *y = ac[c][i].qs;
-			__m512i s = _mm512_madd_epi16(_mm512_maddubs_epi16(q[0],
-			    _mm512_loadu_si512(y)), sc[0]);
+			const __m512i s = FN(k_dot)(q, sc, y);
 
-			s = DPWSSD(s, _mm512_maddubs_epi16(q[1],
-			    _mm512_loadu_si512(y + 64)), sc[1]);
-			s = DPWSSD(s, _mm512_maddubs_epi16(q[2],
-			    _mm512_loadu_si512(y + 128)), sc[2]);
-			s = DPWSSD(s, _mm512_maddubs_epi16(q[3],
-			    _mm512_loadu_si512(y + 192)), sc[3]);
 			acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s),
 			    _mm512_mul_ps(vd, _mm512_set1_ps(ac[c][i].d)),
 			    acc[c]);
@@ -517,10 +561,7 @@ FN(q6k_row)(const struct mm_args *p, int r, int c0, int C)
 		    (size_t)(c0 + c) * p->as);
 	}
 	for (int64_t i = p->u0; i < p->u1; i++, x++) {
-#ifdef QUANT_PF
-		for (int o = 0; o < 210; o += 64)
-			_mm_prefetch((const char *)x + QUANT_PF + o, _MM_HINT_T0);
-#endif
+		quant_prefetch(x, (int)sizeof(*x));
 		const __m256i sc16 = _mm256_cvtepi8_epi16(
 		    _mm_loadu_si128((const __m128i *)x->scales));
 		const __m512i scz = _mm512_zextsi256_si512(sc16);
@@ -544,6 +585,11 @@ FN(q6k_row)(const struct mm_args *p, int r, int c0, int C)
 			    _mm512_and_si512(_mm512_srlv_epi16(hb, shr), m30),
 			    m4, 0xec);
 		}
+#if QUANT_VNNI
+		for (int j = 0; j < 2; j++)
+			sc[j] = _mm512_permutexvar_epi16(
+			    _mm512_load_si512(q6k_packed_scale_idx[j]), scz);
+#else
 #pragma GCC unroll 4
 		for (int j = 0; j < 4; j++) {
 			const short g = (short)(4 * j);
@@ -556,19 +602,13 @@ FN(q6k_row)(const struct mm_args *p, int r, int c0, int C)
 				g, g, g, g),
 			    scz);
 		}
+#endif
 		const __m512 vd = _mm512_set1_ps(half_f16c(x->d));
 #pragma GCC unroll 8
 		for (int c = 0; c < C; c++) {
 			const struct quant_block_q8_K *y = &ac[c][i];
-			__m512i s = _mm512_madd_epi16(_mm512_maddubs_epi16(q[0],
-			    _mm512_loadu_si512(y->qs)), sc[0]);
+			__m512i s = FN(k_dot)(q, sc, y->qs);
 
-			s = DPWSSD(s, _mm512_maddubs_epi16(q[1],
-			    _mm512_loadu_si512(y->qs + 64)), sc[1]);
-			s = DPWSSD(s, _mm512_maddubs_epi16(q[2],
-			    _mm512_loadu_si512(y->qs + 128)), sc[2]);
-			s = DPWSSD(s, _mm512_maddubs_epi16(q[3],
-			    _mm512_loadu_si512(y->qs + 192)), sc[3]);
 			s = DPWSSD(s, nsc, _mm512_zextsi256_si512(
 			    _mm256_loadu_si256((const __m256i *)y->bsums)));
 			acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s),
@@ -608,8 +648,8 @@ const struct quant_kernels FN(quant_kernels) = {
 	.name = QUANT_VNNI ? "avx512vnni" : "avx512",
 	.matmul = {
 		[ORCD_DTYPE_F32] = matmul_f32_avx512,
-		/* 512-bit fp16 conversion is slow on Zen 4: the AVX2 kernel is
-		 * faster there (54 vs 35 GB/s) and as fast elsewhere measured. */
+		/* 512-bit fp16 conversion is slow on Zen 4, where the AVX2
+		 * kernel streams 54 GB/s from cache against 35. */
 		[ORCD_DTYPE_F16] = quant_avx2_matmul_f16,
 		[ORCD_DTYPE_BF16] = matmul_bf16_avx512,
 		[ORCD_DTYPE_Q4_0] = FN(matmul_q4_0),
@@ -630,7 +670,6 @@ const struct quant_kernels FN(quant_kernels) = {
 
 #undef LG_SET
 #undef K_PACK_GROUP
-#undef DPBUSD
 #undef DPWSSD
 #undef FN
 #undef QCAT
