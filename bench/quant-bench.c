@@ -16,7 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <threads.h>	/* C11 threads: no <sched.h>, which -Isrc shadows */
+#include <threads.h>
 #include <time.h>
 
 #include "orcd/dtype.h"

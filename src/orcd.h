@@ -35,6 +35,10 @@ enum orcd_phase {
 #define ORCD_PRIO_DEFAULT 1
 #define ORCD_PRIO_STREAM 2
 
+/* Transition trace for tests: called on every request state change. */
+struct req;
+typedef void (*orcd_trace_fn)(void *arg, const struct req *r, int from, int to);
+
 /* The cached /health view, rebuilt by a timer, read by GET /health. */
 struct health_snapshot {
 	char json[1024];
@@ -66,11 +70,21 @@ struct orcd {
 	int n_signals;
 	int exit_code;
 	uint64_t next_id;        /* connection / request ids */
+	orcd_trace_fn trace;     /* NULL except in tests */
+	void *trace_arg;
 };
 
 /* Monotonic clock, seconds and nanoseconds. */
 double orcd_now(void);
 uint64_t orcd_now_ns(void);
+
+/* Setup and teardown (serve.c), also used by in-process tests: init makes
+ * the event loop, completion queue, metrics and timers from o->cfg;
+ * orcd_load_sync loads the model and backend on the calling thread and
+ * makes the server ready; fini frees everything (o->cfg too). */
+int orcd_init(struct orcd *o, struct orcd_err *err);
+int orcd_load_sync(struct orcd *o, struct orcd_err *err);
+void orcd_fini(struct orcd *o);
 
 /* Loop-thread helpers implemented in serve.c. */
 void orcd_refresh_health(struct orcd *o);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include <event2/buffer.h>
+#include <event2/event.h>
 
 #include "conn.h"
 #include "log.h"
@@ -37,9 +38,9 @@ static const unsigned allowed[REQ_STATE_COUNT] = {
 	[REQ_READ_REQUEST] = 1u << REQ_ADMIT,
 	[REQ_ADMIT] = (1u << REQ_QUEUED) | (1u << REQ_FAILED) | (1u << REQ_DEADLINE),
 	[REQ_QUEUED] = (1u << REQ_PREFILL) | EXITS,
-	[REQ_PREFILL] = (1u << REQ_DECODE) | (1u << REQ_FINISH) | (1u << REQ_WAIT_WRITABLE) | EXITS,
+	[REQ_PREFILL] = (1u << REQ_DECODE) | (1u << REQ_FINISH) | EXITS,
 	[REQ_DECODE] = (1u << REQ_WAIT_WRITABLE) | (1u << REQ_FINISH) | EXITS,
-	[REQ_WAIT_WRITABLE] = (1u << REQ_DECODE) | (1u << REQ_FINISH) | EXITS,
+	[REQ_WAIT_WRITABLE] = (1u << REQ_DECODE) | EXITS,
 	[REQ_FINISH] = 1u << REQ_DONE,
 	[REQ_CANCELLED] = 1u << REQ_DONE,
 	[REQ_DEADLINE] = 1u << REQ_DONE,
@@ -75,6 +76,8 @@ req_new(struct orcd *o, struct conn *c)
 static void
 req_free(struct req *r)
 {
+	if (r->deadline_ev != NULL)
+		event_free(r->deadline_ev);
 	free(r->job_id);
 	free(r->prompt);
 	for (int i = 0; i < r->n_stop; i++)
@@ -226,6 +229,8 @@ req_set_state(struct req *r, enum req_state s)
 	if (log_enabled(LOG_DEBUG))
 		log_msg(LOG_DEBUG, r->corr, "request %llu: %s -> %s",
 		    (unsigned long long)r->id, req_state_name(r->state), req_state_name(s));
+	if (r->o->trace != NULL)
+		r->o->trace(r->o->trace_arg, r, (int)r->state, (int)s);
 	r->state = s;
 	on_enter(r, s);
 }
@@ -257,6 +262,30 @@ req_abort(struct req *r, unsigned flag)
 }
 
 /* ------------------------------------------------------------ states */
+
+/* The step boundary checks deadlines while steps run; this timer covers a
+ * request that waits with no step in flight (queued behind nothing, or
+ * paused by a client that does not read). */
+static void
+deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	req_abort(arg, REQ_ABORT_DEADLINE);
+}
+
+void
+req_set_deadline(struct req *r, uint64_t deadline_ns)
+{
+	uint64_t now = orcd_now_ns();
+	uint64_t left = deadline_ns > now ? deadline_ns - now : 0;
+	struct timeval tv = { (time_t)(left / 1000000000u),
+	    (suseconds_t)((left % 1000000000u) / 1000u) };
+
+	r->deadline_ns = deadline_ns;
+	if (r->deadline_ev == NULL)
+		r->deadline_ev = evtimer_new(r->o->base, deadline_cb, r);
+	if (r->deadline_ev != NULL)
+		evtimer_add(r->deadline_ev, &tv);
+}
 
 static void
 st_admit(struct req *r)
@@ -309,6 +338,8 @@ st_admit(struct req *r)
 	    r->job_id, r->n_prompt, r->max_tokens);
 	sched_enqueue(o->sched, r);
 	req_set_state(r, REQ_QUEUED);
+	if (r->deadline_ns != 0)
+		req_set_deadline(r, r->deadline_ns);
 	sched_kick(o->sched);
 }
 

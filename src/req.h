@@ -74,6 +74,7 @@ struct req {
 	bool ignore_eos;
 	struct sampler_params sp;
 	uint64_t deadline_ns;         /* monotonic; 0 = none */
+	struct event *deadline_ev;    /* fires at the deadline when no step does */
 
 	/* engine state (owned by the backend while in_step) */
 	struct backend_seq *seq;
@@ -122,6 +123,8 @@ void req_on_step(struct req *r, const struct backend_step_seq *ss, int status,
 void req_on_disconnect(struct req *r);
 void req_on_writable(struct req *r);
 void req_abort(struct req *r, unsigned flag);
+/* Sets (or moves) the deadline and arms its timer (loop thread). */
+void req_set_deadline(struct req *r, uint64_t deadline_ns);
 /* Step-boundary deadline check: a load and a compare. */
 static inline bool
 req_deadline_passed(const struct req *r, uint64_t now_ns)

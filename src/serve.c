@@ -194,6 +194,7 @@ load_done(struct cq_item *item)
 	free(j);
 	if ((o->sched = sched_new(o, &err)) == NULL) {
 		log_error("%s", err.msg);
+		snprintf(o->load_error, sizeof(o->load_error), "%s", err.msg);
 		o->phase = ORCD_FAILED;
 		o->exit_code = 1;
 		event_base_loopexit(o->base, NULL);
@@ -215,10 +216,10 @@ load_done(struct cq_item *item)
 	sd_notify_msg("READY=1\nSTATUS=serving");
 }
 
-static void *
-load_main(void *arg)
+/* Model, escaped vocabulary and backend: the slow part, off the loop. */
+static void
+load_run(struct load_job *j)
 {
-	struct load_job *j = arg;
 	struct orcd *o = j->o;
 	double t0 = orcd_now();
 
@@ -255,8 +256,34 @@ load_main(void *arg)
 			j->model = NULL;
 		}
 	}
-	cq_push(o->cq, &j->item);
+}
+
+static void *
+load_main(void *arg)
+{
+	struct load_job *j = arg;
+
+	load_run(j);
+	cq_push(j->o->cq, &j->item);
 	return NULL;
+}
+
+int
+orcd_load_sync(struct orcd *o, struct orcd_err *err)
+{
+	struct load_job *j = calloc(1, sizeof(*j));
+
+	if (j == NULL)
+		return orcd_errf(err, "out of memory");
+	j->o = o;
+	load_run(j);
+	if (j->status != 0) {
+		*err = j->err;
+		free(j);
+		return -1;
+	}
+	load_done(&j->item);
+	return o->phase == ORCD_READY ? 0 : orcd_errf(err, "%s", o->load_error);
 }
 
 /* ------------------------------------------------------------ shutdown */
@@ -320,6 +347,71 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 	orcd_maybe_exit(o);
 }
 
+/* ------------------------------------------------------------ setup */
+
+int
+orcd_init(struct orcd *o, struct orcd_err *err)
+{
+	struct timeval tv;
+
+	o->t_start = orcd_now();
+	o->base = event_base_new();
+	if (o->base == NULL)
+		return orcd_errf(err, "cannot create the event loop");
+	/* Priorities: streaming sockets' writes run after everything else in a
+	 * loop iteration, so a /health probe or a new request is not queued
+	 * behind a step's worth of token writes. */
+	if (event_base_priority_init(o->base, ORCD_PRIORITIES) != 0)
+		return orcd_errf(err, "cannot set event priorities");
+	if ((o->cq = cq_new(o->base, err)) == NULL)
+		return -1;
+	if (orcd_metrics_init(o) != 0)
+		return orcd_errf(err, "out of memory for metrics");
+	o->health_timer = event_new(o->base, -1, EV_PERSIST, health_timer_cb, o);
+	tv.tv_sec = o->cfg.health_interval_ms / 1000;
+	tv.tv_usec = (o->cfg.health_interval_ms % 1000) * 1000;
+	event_add(o->health_timer, &tv);
+	o->lag_timer = event_new(o->base, -1, EV_PERSIST, lag_timer_cb, o);
+	tv.tv_sec = 0;
+	tv.tv_usec = (suseconds_t)(LAG_INTERVAL_S * 1e6);
+	o->lag_expected = orcd_now() + LAG_INTERVAL_S;
+	event_add(o->lag_timer, &tv);
+	return 0;
+}
+
+void
+orcd_fini(struct orcd *o)
+{
+	server_free(o);
+	if (o->backend != NULL)
+		o->backend->ops->destroy(o->backend);
+	o->backend = NULL;
+	sched_free(o->sched);
+	o->sched = NULL;
+	sse_vocab_free(o->vocab);
+	o->vocab = NULL;
+	model_free(o->model);
+	o->model = NULL;
+	if (o->health_timer)
+		event_free(o->health_timer);
+	if (o->lag_timer)
+		event_free(o->lag_timer);
+	if (o->grace_timer)
+		event_free(o->grace_timer);
+	if (o->sig_term)
+		event_free(o->sig_term);
+	if (o->sig_int)
+		event_free(o->sig_int);
+	o->health_timer = o->lag_timer = o->grace_timer = o->sig_term = o->sig_int = NULL;
+	cq_free(o->cq);
+	o->cq = NULL;
+	orcd_metrics_free(o);
+	if (o->base)
+		event_base_free(o->base);
+	o->base = NULL;
+	conf_free(&o->cfg);
+}
+
 /* ------------------------------------------------------------ main */
 
 int
@@ -333,7 +425,6 @@ serve_main(int argc, char **argv)
 	int rc;
 
 	memset(&o, 0, sizeof(o));
-	o.t_start = orcd_now();
 	conf_defaults(&o.cfg);
 	rc = conf_parse_args(&o.cfg, argc, argv, &err);
 	if (rc != 0) {
@@ -356,17 +447,9 @@ serve_main(int argc, char **argv)
 		o.cfg.model = strdup(model_path);
 	}
 	signal(SIGPIPE, SIG_IGN);
-	o.base = event_base_new();
-	/* Priorities: streaming sockets' writes run after everything else in a
-	 * loop iteration, so a /health probe or a new request is not queued
-	 * behind a step's worth of token writes. */
-	if (o.base != NULL && event_base_priority_init(o.base, ORCD_PRIORITIES) != 0) {
-		fprintf(stderr, "orcd serve: cannot set event priorities\n");
-		return 1;
-	}
-	if (o.base == NULL || (o.cq = cq_new(o.base, &err)) == NULL ||
-	    orcd_metrics_init(&o) != 0) {
-		fprintf(stderr, "orcd serve: cannot set up the event loop\n");
+	if (orcd_init(&o, &err) != 0) {
+		fprintf(stderr, "orcd serve: %s\n", err.msg);
+		orcd_fini(&o);
 		return 1;
 	}
 	o.sig_term = evsignal_new(o.base, SIGTERM, signal_cb, &o);
@@ -386,19 +469,6 @@ serve_main(int argc, char **argv)
 
 	o.phase = ORCD_LOADING;
 	orcd_refresh_health(&o);
-	o.health_timer = event_new(o.base, -1, EV_PERSIST, health_timer_cb, &o);
-	{
-		struct timeval tv = { o.cfg.health_interval_ms / 1000,
-		    (o.cfg.health_interval_ms % 1000) * 1000 };
-		event_add(o.health_timer, &tv);
-	}
-	o.lag_timer = event_new(o.base, -1, EV_PERSIST, lag_timer_cb, &o);
-	{
-		struct timeval tv = { 0, (suseconds_t)(LAG_INTERVAL_S * 1e6) };
-
-		o.lag_expected = orcd_now() + LAG_INTERVAL_S;
-		event_add(o.lag_timer, &tv);
-	}
 	j = calloc(1, sizeof(*j));
 	j->o = &o;
 	j->item.fn = load_done;
@@ -412,26 +482,6 @@ serve_main(int argc, char **argv)
 	event_base_dispatch(o.base);
 	rc = o.exit_code;
 out:
-	server_free(&o);
-	if (o.backend != NULL)
-		o.backend->ops->destroy(o.backend);
-	sched_free(o.sched);
-	sse_vocab_free(o.vocab);
-	model_free(o.model);
-	if (o.health_timer)
-		event_free(o.health_timer);
-	if (o.lag_timer)
-		event_free(o.lag_timer);
-	if (o.grace_timer)
-		event_free(o.grace_timer);
-	if (o.sig_term)
-		event_free(o.sig_term);
-	if (o.sig_int)
-		event_free(o.sig_int);
-	cq_free(o.cq);
-	orcd_metrics_free(&o);
-	if (o.base)
-		event_base_free(o.base);
-	conf_free(&o.cfg);
+	orcd_fini(&o);
 	return rc;
 }

@@ -224,7 +224,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_corpus),
 	};
-	int rc = test_server_init();
+	int rc = test_server_init(false);
 
 	if (rc != 0)
 		return rc == 77 ? 77 : 1;

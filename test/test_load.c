@@ -179,7 +179,7 @@ main(void)
 		cmocka_unit_test(test_loop_never_blocks),
 		cmocka_unit_test(test_thousand_idle_streams),
 	};
-	int rc = test_server_init();
+	int rc = test_server_init(false);
 
 	if (rc != 0)
 		return rc == 77 ? 77 : 1;

@@ -411,7 +411,7 @@ main(void)
 		cmocka_unit_test(test_connection_limit),
 		cmocka_unit_test(test_sigterm_drain),
 	};
-	int rc = test_server_init();
+	int rc = test_server_init(true);
 
 	if (rc != 0)
 		return rc == 77 ? 77 : 1;

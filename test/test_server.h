@@ -6,6 +6,7 @@
 #ifndef ORCD_TEST_SERVER_H
 #define ORCD_TEST_SERVER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -22,8 +23,8 @@ extern char test_tmpdir[256];
 extern const char *test_orcd_bin;
 
 /* Creates the temp dir and finds or generates the model; -1 on failure,
- * 77 when curl (needed by the tests) is missing. */
-int test_server_init(void);
+ * 77 when need_curl and curl is not installed. */
+int test_server_init(bool need_curl);
 /* Removes the temp dir. */
 void test_server_cleanup(void);
 /* Starts orcd serve with extra flags (NULL-terminated); fails the test

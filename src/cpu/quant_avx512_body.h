@@ -498,18 +498,31 @@ FN(k45_row)(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 		const __m512 vd = _mm512_broadcastss_ps(ddm);
 		const __m512 vdmin =
 		    _mm512_broadcastss_ps(_mm_movehdup_ps(ddm));
-		/* m0..m7 as int16, in every 128-bit lane */
-		const __m512i mins = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(
-		    _mm_srli_si128(smb, 8)));
+		/* m0..m7 as int16 */
+		const __m128i mins8 = _mm_cvtepu8_epi16(_mm_srli_si128(smb, 8));
+
+		if (C == 1) {
+			/* One column: 128-bit operations do (the GEMV). */
+			const __m128 m = _mm_cvtepi32_ps(_mm_madd_epi16(mins8,
+			    _mm_load_si128((const __m128i *)pk)));
+
+			accm[0] = _mm512_castps128_ps512(_mm_fmadd_ps(m,
+			    _mm_mul_ps(_mm512_castps512_ps128(vdmin),
+			    _mm_load_ps((const float *)(pk + 64))),
+			    _mm512_castps512_ps128(accm[0])));
+		} else {
+			const __m512i mins = _mm512_broadcast_i32x4(mins8);
 
 #pragma GCC unroll 2
-		for (int g = 0; g < ng; g++)
-			accm[g] = _mm512_fmadd_ps(
-			    _mm512_cvtepi32_ps(_mm512_madd_epi16(mins,
-				_mm512_load_si512(pk + g * K_PACK_GROUP))),
-			    _mm512_mul_ps(vdmin,
-				_mm512_load_ps(pk + g * K_PACK_GROUP + 64)),
-			    accm[g]);
+			for (int g = 0; g < ng; g++) {
+				const uint8_t *pg = pk + g * K_PACK_GROUP;
+				const __m512 m = _mm512_cvtepi32_ps(
+				    _mm512_madd_epi16(mins, _mm512_load_si512(pg)));
+
+				accm[g] = _mm512_fmadd_ps(m, _mm512_mul_ps(vdmin,
+				    _mm512_load_ps(pg + 64)), accm[g]);
+			}
+		}
 #pragma GCC unroll 8
 		for (int c = 0; c < C; c++) {
 			const int8_t *y = ac[c][i].qs;
@@ -522,7 +535,8 @@ FN(k45_row)(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 		x += wb;
 		pk += (size_t)ng * K_PACK_GROUP;
 	}
-	/* Column c's mins sit in lanes 4(c % 4).. of accm[c / 4]. */
+	/* Column c's mins sit in lanes 4(c % 4).. of accm[c / 4] (with one
+	 * column only lanes 0-3 were written: the upper ones are garbage). */
 #pragma GCC unroll 8
 	for (int c = 0; c < C; c++)
 		acc[c] = _mm512_mask_sub_ps(acc[c],
