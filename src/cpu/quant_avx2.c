@@ -888,6 +888,10 @@ q6k_row(const struct mm_args *p, int r, int c0, int C)
 static void
 no_pack(const struct mm_args *p, int c0, int C, uint8_t *pack)
 {
+	(void)p;
+	(void)c0;
+	(void)C;
+	(void)pack;
 }
 
 #define Q4_K_ROW(p, r, c0, C) k45_row(ORCD_DTYPE_Q4_K, p, r, c0, C)

@@ -516,11 +516,13 @@ FN(k45_row)(enum orcd_dtype t, const struct mm_args *p, int r, int c0, int C)
 #pragma GCC unroll 2
 			for (int g = 0; g < ng; g++) {
 				const uint8_t *pg = pk + g * K_PACK_GROUP;
-				const __m512 m = _mm512_cvtepi32_ps(
-				    _mm512_madd_epi16(mins, _mm512_load_si512(pg)));
+				const __m512i mi = _mm512_madd_epi16(mins,
+				    _mm512_load_si512(pg));
+				const __m512 f = _mm512_mul_ps(vdmin,
+				    _mm512_load_ps(pg + 64));
 
-				accm[g] = _mm512_fmadd_ps(m, _mm512_mul_ps(vdmin,
-				    _mm512_load_ps(pg + 64)), accm[g]);
+				accm[g] = _mm512_fmadd_ps(
+				    _mm512_cvtepi32_ps(mi), f, accm[g]);
 			}
 		}
 #pragma GCC unroll 8
@@ -636,6 +638,10 @@ FN(q6k_row)(const struct mm_args *p, int r, int c0, int C)
 static void
 FN(no_pack)(const struct mm_args *p, int c0, int C, uint8_t *pack)
 {
+	(void)p;
+	(void)c0;
+	(void)C;
+	(void)pack;
 }
 
 #define Q4_K_ROW(p, r, c0, C) FN(k45_row)(ORCD_DTYPE_Q4_K, p, r, c0, C)
