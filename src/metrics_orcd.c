@@ -79,6 +79,9 @@ orcd_metrics_init(struct orcd *o)
 	    "tokens per engine step", NULL, tokens, 14);
 	m->step_seconds = metrics_histogram(r, "orcd_step_seconds",
 	    "engine step duration", NULL, fine, 48);
+	m->step_handler = metrics_histogram(r, "orcd_step_handler_seconds",
+	    "event-loop time to hand a step's tokens to the requests and submit the next",
+	    NULL, small, 16);
 	m->health_latency = metrics_histogram(r, "orcd_health_handler_seconds",
 	    "GET /health handler time", NULL, small, 16);
 	m->phase_model_load = metrics_gauge(r, "orcd_startup_phase_seconds",

@@ -43,6 +43,7 @@ struct orcd_metrics {
 	struct metric_histogram *step_batch;
 	struct metric_histogram *step_tokens;
 	struct metric_histogram *step_seconds;
+	struct metric_histogram *step_handler;
 	struct metric_histogram *health_latency;
 	struct metric_gauge *phase_model_load;
 	struct metric_gauge *phase_backend_init;

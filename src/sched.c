@@ -277,6 +277,8 @@ sched_step_done(struct cq_item *item)
 	uint64_t now_ns;
 	struct req *r, *next;
 
+	double t0 = orcd_now();
+
 	s->inflight = false;
 	metric_histogram_observe(o->m->step_seconds, st->t_end - st->t_start);
 	metric_histogram_observe(o->m->step_batch, st->n_seqs);
@@ -299,6 +301,7 @@ sched_step_done(struct cq_item *item)
 			req_abort(r, REQ_ABORT_DEADLINE);
 	}
 	sched_kick(s);
+	metric_histogram_observe(o->m->step_handler, orcd_now() - t0);
 	if (o->phase == ORCD_DRAINING)
 		orcd_maybe_exit(o);
 }

@@ -354,8 +354,18 @@ orcd_init(struct orcd *o, struct orcd_err *err)
 {
 	struct timeval tv;
 
+	struct event_config *ec = event_config_new();
+
 	o->t_start = orcd_now();
-	o->base = event_base_new();
+	if (ec == NULL)
+		return orcd_errf(err, "cannot create the event loop");
+	/* After 16 callbacks of streaming output, look for more urgent events
+	 * again: a step's token writes to hundreds of sockets must not hold a
+	 * /health probe or a cancel for the whole burst. */
+	struct timeval slice = { 0, 500 };
+	event_config_set_max_dispatch_interval(ec, &slice, 16, ORCD_PRIO_STREAM);
+	o->base = event_base_new_with_config(ec);
+	event_config_free(ec);
 	if (o->base == NULL)
 		return orcd_errf(err, "cannot create the event loop");
 	/* Priorities: streaming sockets' writes run after everything else in a
