@@ -29,7 +29,7 @@ static const struct opt opts[] = {
 	{ "listen", OPT_LISTEN, 0, 0, 0, "ADDR:PORT to listen on, repeatable (default 127.0.0.1:8080)" },
 	{ "backend", OPT_STR, OFF(backend), 0, 0, "cpu or cuda (default: cuda when built and a GPU is present, else cpu)" },
 	{ "threads", OPT_INT, OFF(threads), 0, 1024, "CPU engine threads (0 = all CPUs)" },
-	{ "compute-nice", OPT_INT, OFF(compute_nice), 0, 19, "nice value of the CPU engine's threads, so the event loop preempts them" },
+	{ "compute-nice", OPT_INT, OFF(compute_nice), -1, 19, "priority of the CPU engine's threads below the event loop: a nice value, or -1 for SCHED_IDLE (the loop preempts them at once)" },
 	{ "max-connections", OPT_INT, OFF(max_connections), 1, 1000000, "open connections before new ones get 503" },
 	{ "max-header-bytes", OPT_LONG, OFF(max_header_bytes), 256, 1 << 24, "request line + headers limit (431)" },
 	{ "max-body-bytes", OPT_LONG, OFF(max_body_bytes), 0, 1L << 30, "request body limit (413)" },
@@ -56,7 +56,7 @@ void
 conf_defaults(struct conf *c)
 {
 	memset(c, 0, sizeof(*c));
-	c->compute_nice = 10;
+	c->compute_nice = -1;
 	c->max_connections = 4096;
 	c->max_header_bytes = 16384;
 	c->max_body_bytes = 1 << 20;

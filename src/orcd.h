@@ -29,9 +29,12 @@ enum orcd_phase {
 	ORCD_DRAINING,    /* SIGTERM seen: no new work, streams finishing */
 };
 
-/* Event priorities (event_base_priority_init): 0 urgent, 1 default (the
- * libevent default for 3 levels), 2 bulk streaming output. */
+/* Event priorities (event_base_priority_init): 0 timers (deadlines,
+ * timeouts, the stall probe, health refresh), 1 default (the libevent
+ * default for 3 levels: sockets, completions), 2 bulk streaming output.
+ * Levels 1 and 2 yield to level 0 every 16 callbacks. */
 #define ORCD_PRIORITIES 3
+#define ORCD_PRIO_TIMER 0
 #define ORCD_PRIO_DEFAULT 1
 #define ORCD_PRIO_STREAM 2
 

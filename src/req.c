@@ -281,8 +281,11 @@ req_set_deadline(struct req *r, uint64_t deadline_ns)
 	    (suseconds_t)((left % 1000000000u) / 1000u) };
 
 	r->deadline_ns = deadline_ns;
-	if (r->deadline_ev == NULL)
+	if (r->deadline_ev == NULL) {
 		r->deadline_ev = evtimer_new(r->o->base, deadline_cb, r);
+		if (r->deadline_ev != NULL)
+			event_priority_set(r->deadline_ev, ORCD_PRIO_TIMER);
+	}
 	if (r->deadline_ev != NULL)
 		evtimer_add(r->deadline_ev, &tv);
 }

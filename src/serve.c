@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -153,6 +154,8 @@ lag_timer_cb(evutil_socket_t fd, short what, void *arg)
 		o->lag_max = lag;
 		metric_gauge_set(o->m->loop_lag_max, lag);
 	}
+	if (lag > 0.002)
+		log_debug("event loop stalled for %.3f ms", lag * 1e3);
 	o->lag_expected = now + LAG_INTERVAL_S;
 }
 
@@ -241,10 +244,19 @@ load_run(struct load_job *j)
 			/* The engine threads inherit this thread's nice value: the
 			 * loop thread (nice 0) then always gets a core when it has
 			 * work, even on a machine the engine saturates. */
-			if (o->cfg.compute_nice > 0 &&
-			    setpriority(PRIO_PROCESS, 0, o->cfg.compute_nice) != 0)
+			if (o->cfg.compute_nice < 0) {
+				/* SCHED_IDLE: any runnable normal thread (the loop)
+				 * preempts them at once */
+				struct sched_param sp = { 0 };
+
+				if (sched_setscheduler(0, SCHED_IDLE, &sp) != 0)
+					log_warn("cannot make the compute threads SCHED_IDLE: %s",
+					    strerror(errno));
+			} else if (o->cfg.compute_nice > 0 &&
+			    setpriority(PRIO_PROCESS, 0, o->cfg.compute_nice) != 0) {
 				log_warn("cannot lower the compute threads' priority: %s",
 				    strerror(errno));
+			}
 			j->status = backend_cpu_new(j->model, o->cfg.threads, o->cq, &j->backend,
 			    &j->err);
 		}
@@ -359,11 +371,14 @@ orcd_init(struct orcd *o, struct orcd_err *err)
 	o->t_start = orcd_now();
 	if (ec == NULL)
 		return orcd_errf(err, "cannot create the event loop");
-	/* After 16 callbacks of streaming output, look for more urgent events
-	 * again: a step's token writes to hundreds of sockets must not hold a
-	 * /health probe or a cancel for the whole burst. */
+	/* After 16 callbacks (or 0.5 ms) of sockets and streaming output, run
+	 * due timers again: a burst of arrivals or a step's token writes to
+	 * hundreds of sockets must not hold deadlines and timeouts. */
 	struct timeval slice = { 0, 500 };
-	event_config_set_max_dispatch_interval(ec, &slice, 16, ORCD_PRIO_STREAM);
+	event_config_set_max_dispatch_interval(ec, &slice, 16, ORCD_PRIO_DEFAULT);
+	/* timerfd-backed timeouts: epoll_wait's millisecond timeout makes
+	 * deadlines (and the stall probe) up to several ms late otherwise */
+	event_config_set_flag(ec, EVENT_BASE_FLAG_PRECISE_TIMER);
 	o->base = event_base_new_with_config(ec);
 	event_config_free(ec);
 	if (o->base == NULL)
@@ -378,10 +393,12 @@ orcd_init(struct orcd *o, struct orcd_err *err)
 	if (orcd_metrics_init(o) != 0)
 		return orcd_errf(err, "out of memory for metrics");
 	o->health_timer = event_new(o->base, -1, EV_PERSIST, health_timer_cb, o);
+	event_priority_set(o->health_timer, ORCD_PRIO_TIMER);
 	tv.tv_sec = o->cfg.health_interval_ms / 1000;
 	tv.tv_usec = (o->cfg.health_interval_ms % 1000) * 1000;
 	event_add(o->health_timer, &tv);
 	o->lag_timer = event_new(o->base, -1, EV_PERSIST, lag_timer_cb, o);
+	event_priority_set(o->lag_timer, ORCD_PRIO_TIMER);
 	tv.tv_sec = 0;
 	tv.tv_usec = (suseconds_t)(LAG_INTERVAL_S * 1e6);
 	o->lag_expected = orcd_now() + LAG_INTERVAL_S;

@@ -699,6 +699,8 @@ conn_accept(struct orcd *o, int fd, const char *peer)
 	snprintf(c->peer, sizeof(c->peer), "%s", peer);
 	c->bev = bufferevent_socket_new(o->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	c->timer = evtimer_new(o->base, conn_timer_cb, c);
+	if (c->timer != NULL)
+		event_priority_set(c->timer, ORCD_PRIO_TIMER);
 	c->resume = event_new(o->base, -1, 0, conn_resume_cb, c);
 	if (c->bev == NULL || c->timer == NULL || c->resume == NULL) {
 		if (c->bev)

@@ -19,7 +19,14 @@
 
 struct backend_seq {
 	struct cpu_kv kv;
+	struct backend_seq *next_free;
 };
+
+/* KV caches are kept for reuse: freeing (munmap) and first-touching
+ * megabytes per request would cost the loop and the engine on every
+ * request.  Capacities are rounded so caches of nearby sizes are shared. */
+#define KV_ROUND 512
+#define KV_CACHE_BYTES (256ull << 20)
 
 struct job {
 	STAILQ_ENTRY(job) link;
@@ -42,6 +49,9 @@ struct cpu_backend {
 	float *logits;
 	int cap_logits;
 	int *sample_seq;          /* logits row k belongs to seqs[sample_seq[k]] */
+	/* loop thread only */
+	struct backend_seq *free_seqs;
+	uint64_t free_bytes;
 };
 
 static double
@@ -173,12 +183,25 @@ static int
 cpu_seq_new(struct backend *b, int n_ctx, struct backend_seq **out, struct orcd_err *err)
 {
 	struct cpu_backend *cb = b->impl;
-	struct backend_seq *s = calloc(1, sizeof(*s));
+	struct backend_seq *s, **pp;
+	int cap = (n_ctx + KV_ROUND - 1) / KV_ROUND * KV_ROUND;
 
 	*out = NULL;
+	for (pp = &cb->free_seqs; *pp != NULL; pp = &(*pp)->next_free) {
+		if ((*pp)->kv.n_ctx == cap) {
+			s = *pp;
+			*pp = s->next_free;
+			cb->free_bytes -= cpu_kv_bytes(b->model, cap);
+			/* stale positions are never read: attention stops at n_used */
+			s->kv.n_used = 0;
+			*out = s;
+			return 0;
+		}
+	}
+	s = calloc(1, sizeof(*s));
 	if (s == NULL)
 		return orcd_errf(err, "cpu backend: out of memory");
-	if (cpu_kv_init(cb->engine, n_ctx, &s->kv, err) != 0) {
+	if (cpu_kv_init(cb->engine, cap, &s->kv, err) != 0) {
 		free(s);
 		return -1;
 	}
@@ -187,12 +210,28 @@ cpu_seq_new(struct backend *b, int n_ctx, struct backend_seq **out, struct orcd_
 }
 
 static void
-cpu_seq_free(struct backend *b, struct backend_seq *s)
+seq_destroy(struct backend_seq *s)
 {
-	if (s == NULL)
-		return;
 	cpu_kv_release(&s->kv);
 	free(s);
+}
+
+static void
+cpu_seq_free(struct backend *b, struct backend_seq *s)
+{
+	struct cpu_backend *cb = b->impl;
+	uint64_t bytes;
+
+	if (s == NULL)
+		return;
+	bytes = cpu_kv_bytes(b->model, s->kv.n_ctx);
+	if (cb->free_bytes + bytes > KV_CACHE_BYTES) {
+		seq_destroy(s);
+		return;
+	}
+	s->next_free = cb->free_seqs;
+	cb->free_seqs = s;
+	cb->free_bytes += bytes;
 }
 
 static uint64_t
@@ -235,6 +274,12 @@ cpu_destroy(struct backend *b)
 
 		STAILQ_REMOVE_HEAD(&cb->jobs, link);
 		free(j);
+	}
+	while (cb->free_seqs != NULL) {
+		struct backend_seq *s = cb->free_seqs;
+
+		cb->free_seqs = s->next_free;
+		seq_destroy(s);
 	}
 	cpu_engine_free(cb->engine);
 	free(cb->tokens); free(cb->pos); free(cb->kvs); free(cb->want);
