@@ -15,16 +15,8 @@
 #include "cpu/forward.h"
 #include "cpu/quant.h"
 #include "model.h"
+#include "orcd.h"
 #include "tokenizer.h"
-
-static double
-now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static int
 run_once(struct cpu_engine *e, const struct model *m, int n_prompt, int n_gen,
@@ -46,7 +38,7 @@ run_once(struct cpu_engine *e, const struct model *m, int n_prompt, int n_gen,
 		pos[i] = i;
 		kvs[i] = &kv;
 	}
-	double t0 = now_s();
+	double t0 = orcd_now();
 	if (n_prompt > 0) {
 		struct cpu_batch b = { .n_tokens = n_prompt, .tokens = tok, .pos = pos,
 		    .kv = kvs, .logits = NULL };
@@ -66,7 +58,7 @@ run_once(struct cpu_engine *e, const struct model *m, int n_prompt, int n_gen,
 		if (i + 1 < n_ctx)
 			tok[i + 1] = best;
 	}
-	*secs = now_s() - t0;
+	*secs = orcd_now() - t0;
 	rc = 0;
 out_kv:
 	cpu_kv_release(&kv);

@@ -19,17 +19,9 @@
 #include "generate.h"
 #include "mkmodel.h"
 #include "model.h"
+#include "orcd.h"
 #include "sampler.h"
 #include "tokenizer.h"
-
-static double
-now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void
 usage(FILE *f)
@@ -323,7 +315,7 @@ generate_main(int argc, char **argv)
 		o.model = model_path;
 	}
 
-	t0 = now_s();
+	t0 = orcd_now();
 	if (model_load(o.model, &m, &err) != 0) {
 		fprintf(stderr, "orcd generate: %s\n", err.msg);
 		goto out;
@@ -332,7 +324,7 @@ generate_main(int argc, char **argv)
 		fprintf(stderr, "orcd generate: %s\n", err.msg);
 		goto out;
 	}
-	t_load = now_s() - t0;
+	t_load = orcd_now() - t0;
 	if (o.verbose) {
 		char desc[512];
 
@@ -399,7 +391,7 @@ generate_main(int argc, char **argv)
 		pos[i] = (int32_t)i;
 	for (long i = 0; i < (o.batch < n_ctx ? o.batch : n_ctx); i++)
 		kvs[i] = kvp;
-	t0 = now_s();
+	t0 = orcd_now();
 	for (size_t done = 0; done < n_ids;) {
 		size_t n = n_ids - done < (size_t)o.batch ? n_ids - done : (size_t)o.batch;
 		struct cpu_batch b = { .n_tokens = (int)n, .tokens = all + done,
@@ -413,10 +405,10 @@ generate_main(int argc, char **argv)
 		}
 		done += n;
 	}
-	t_prompt = now_s() - t0;
+	t_prompt = orcd_now() - t0;
 
 	tokenizer_utf8_init(&u8);
-	t0 = now_s();
+	t0 = orcd_now();
 	for (long i = 0; i < o.n_predict; i++) {
 		int32_t tok = sampler_sample(s, logits);
 		size_t plen;
@@ -454,7 +446,7 @@ generate_main(int argc, char **argv)
 			goto out;
 		}
 	}
-	t_gen = now_s() - t0;
+	t_gen = orcd_now() - t0;
 	free(pos);
 	free(kvs);
 	if (!o.ids) {

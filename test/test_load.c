@@ -24,20 +24,6 @@
 
 #include "test_server.h"
 
-static double
-metric_double(int port, const char *series)
-{
-	static char resp[1 << 20];
-	const char *p;
-
-	test_http_get(port, "/metrics", resp, sizeof(resp));
-	char key[512];
-
-	snprintf(key, sizeof(key), "\n%s", series);
-	p = strstr(resp, key);
-	return p ? strtod(p + strlen(key), NULL) : -1;
-}
-
 static long
 rss_kb(pid_t pid)
 {
@@ -116,7 +102,7 @@ test_loop_never_blocks(void **state)
 		}
 	}
 	assert_int_equal(done, N);
-	double lag = metric_double(s.port, "orcd_loop_lag_max_seconds ");
+	double lag = test_metric_double(s.port, "orcd_loop_lag_max_seconds ");
 	print_message("64 concurrent streams: largest event-loop stall %.3f ms\n", lag * 1e3);
 	assert_true(lag >= 0);
 	/* the goal is < 2 ms; the bound here leaves room for a loaded CI host

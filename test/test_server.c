@@ -21,21 +21,13 @@
 #include <unistd.h>
 
 #include "mkmodel.h"
+#include "orcd.h"
 #include "test_server.h"
 #include "test_util.h"
 
 char test_model_path[4096];
 char test_tmpdir[256];
 const char *test_orcd_bin;
-
-double
-test_now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* Starts orcd serve with extra flags (NULL-terminated); waits until ready. */
 void
@@ -218,19 +210,32 @@ test_run_capture(const char *cmd)
 	return buf;
 }
 
-uint64_t
-test_metric_value(int port, const char *series)
+double
+test_now(void)
+{
+	return orcd_now();
+}
+
+double
+test_metric_double(int port, const char *series)
 {
 	static char resp[1 << 20];
 	const char *p;
-
-	test_http_get(port, "/metrics", resp, sizeof(resp));
 	char key[512];
 
+	test_http_get(port, "/metrics", resp, sizeof(resp));
 	/* at a line start, so a HELP line naming the metric does not match */
 	snprintf(key, sizeof(key), "\n%s", series);
 	p = strstr(resp, key);
-	return p ? strtoull(p + strlen(key), NULL, 10) : 0;
+	return p ? strtod(p + strlen(key), NULL) : -1;
+}
+
+uint64_t
+test_metric_value(int port, const char *series)
+{
+	double v = test_metric_double(port, series);
+
+	return v > 0 ? (uint64_t)v : 0;
 }
 
 int

@@ -44,5 +44,7 @@ int test_http_get(int port, const char *path, char *resp, size_t cap);
 char *test_run_capture(const char *cmd);
 /* The value of a metric series ("name{labels} ") from GET /metrics. */
 uint64_t test_metric_value(int port, const char *series);
+/* The same as a double; -1 when the series is absent. */
+double test_metric_double(int port, const char *series);
 
 #endif

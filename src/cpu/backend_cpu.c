@@ -15,6 +15,7 @@
 #include "cpu/forward.h"
 #include "cpu/pool.h"
 #include "model.h"
+#include "orcd.h"
 #include "sampler.h"
 
 struct backend_seq {
@@ -53,15 +54,6 @@ struct cpu_backend {
 	struct backend_seq *free_seqs;
 	uint64_t free_bytes;
 };
-
-static double
-mono_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static int
 reserve(struct cpu_backend *cb, int n_tokens, int n_logits, struct orcd_err *err)
@@ -112,7 +104,7 @@ run_step(struct cpu_backend *cb, struct backend_step *st)
 {
 	int n = 0, n_logits = 0;
 
-	st->t_start = mono_s();
+	st->t_start = orcd_now();
 	st->status = 0;
 	for (int i = 0; i < st->n_seqs; i++)
 		n_logits += st->seqs[i].sampler != NULL;
@@ -151,7 +143,7 @@ run_step(struct cpu_backend *cb, struct backend_step *st)
 	struct sample_job sj = { .cb = cb, .st = st };
 	pool_run(cpu_engine_pool(cb->engine), sample_task, &sj, k);
 done:
-	st->t_end = mono_s();
+	st->t_end = orcd_now();
 	cq_push(cb->b.cq, &st->cq);
 }
 
