@@ -1973,12 +1973,17 @@ health_tick_cb(evutil_socket_t fd, short what, void *arg)
 			return;
 		}
 	}
+	bufferevent_priority_set(h->bev, 0);
 	evbuffer_add_printf(bufferevent_get_output(h->bev),
 	    "GET /health HTTP/1.1\r\nHost: %s\r\n\r\n", lg->hostport);
 	http_resp_reset(&h->hr);
 	h->busy = 1;
 	h->sent++;
 	h->t_sent = clock_now();
+	/* send now rather than at the loop's next write pass, so the latency
+	 * is the server's and not this process's queue of stream events */
+	if (bufferevent_getfd(h->bev) >= 0)
+		(void)evbuffer_write(bufferevent_get_output(h->bev), bufferevent_getfd(h->bev));
 }
 
 /* ------------------------------------------------------------------ */
@@ -2974,7 +2979,18 @@ main(int argc, char **argv)
 	}
 	free(body);
 	lg_raise_nofile(&lg);
-	if ((lg.base = event_base_new()) == NULL) {
+	{
+		/* precise timers (timerfd) so the health schedule is kept, and two
+		 * priorities so health probes are not queued behind stream reads */
+		struct event_config *ec = event_config_new();
+
+		if (ec != NULL)
+			event_config_set_flag(ec, EVENT_BASE_FLAG_PRECISE_TIMER);
+		lg.base = ec != NULL ? event_base_new_with_config(ec) : NULL;
+		if (ec != NULL)
+			event_config_free(ec);
+	}
+	if (lg.base == NULL || event_base_priority_init(lg.base, 2) != 0) {
 		fprintf(stderr, "loadgen: event_base_new failed\n");
 		goto out;
 	}
