@@ -197,8 +197,8 @@ load_done(struct cq_item *item)
 	orcd_refresh_health(o);
 	log_info("ready: backend %s, context %d per request, max batch %d, listening on port %d",
 	    o->backend->ops->name, o->cfg.ctx_size, o->cfg.max_batch, server_port(o));
-	write_ready_file(o);
 	sd_notify_msg("READY=1\nSTATUS=serving");
+	write_ready_file(o);
 }
 
 /* Model, escaped vocabulary and backend: the slow part, off the loop. */

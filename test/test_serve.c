@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -382,6 +383,34 @@ test_sigterm_drain(void **state)
 	fail_msg("orcd did not exit after the grace period");
 }
 
+static void
+test_sd_notify(void **state)
+{
+	struct test_server s;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	char path[100], msg[256];
+	int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "%.80s/notify.sock", test_tmpdir);
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	setenv("NOTIFY_SOCKET", path, 1);
+	test_server_start(&s, "notify", NULL);
+	unsetenv("NOTIFY_SOCKET");
+	/* READY=1 is sent before the ready file is written */
+	n = recv(fd, msg, sizeof(msg) - 1, MSG_DONTWAIT);
+	assert_true(n > 0);
+	msg[n] = '\0';
+	assert_non_null(strstr(msg, "READY=1"));
+	assert_int_equal(test_server_stop(&s), 0);
+	n = recv(fd, msg, sizeof(msg) - 1, MSG_DONTWAIT);
+	assert_true(n > 0);
+	msg[n] = '\0';
+	assert_non_null(strstr(msg, "STOPPING=1"));
+	close(fd);
+}
+
 static int
 setup(void **state)
 {
@@ -409,6 +438,7 @@ main(void)
 		cmocka_unit_test(test_keepalive_pipelining),
 		cmocka_unit_test(test_slow_client),
 		cmocka_unit_test(test_connection_limit),
+		cmocka_unit_test(test_sd_notify),
 		cmocka_unit_test(test_sigterm_drain),
 	};
 	int rc = test_server_init(true);
