@@ -10,6 +10,7 @@
 
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 

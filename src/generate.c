@@ -14,7 +14,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cpu/forward.h"
+#include <event2/event.h>
+
+#include "orcd/backend.h"
+#include "backend_open.h"
+#include "cq.h"
 #include "cpu/quant.h"
 #include "generate.h"
 #include "mkmodel.h"
@@ -48,6 +52,8 @@ usage(FILE *f)
 	    "      --special         parse special-token text (<|im_start|>) in the prompt\n"
 	    "      --ignore-eos      do not stop at end-of-generation tokens\n"
 	    "      --batch N         prompt tokens per forward pass (default 512)\n"
+	    "      --backend B       cpu, cuda or auto (default: cuda when built and a GPU\n"
+	    "                        is present, else cpu)\n"
 	    "  -v, --verbose         print the model summary and prompt ids on stderr\n");
 }
 
@@ -194,6 +200,7 @@ struct gen_opts {
 	long n_ctx;
 	long batch;
 	bool ids, no_bos, special, ignore_eos, verbose;
+	const char *backend;
 	struct sampler_params sp;
 };
 
@@ -201,7 +208,7 @@ static int
 parse_args(int argc, char **argv, struct gen_opts *o)
 {
 	enum { O_TEMP = 256, O_TOPK, O_TOPP, O_MINP, O_REP, O_REPN, O_SEED,
-	    O_IDS, O_NOBOS, O_SPECIAL, O_IGNORE, O_BATCH };
+	    O_IDS, O_NOBOS, O_SPECIAL, O_IGNORE, O_BATCH, O_BACKEND };
 	static const struct option longopts[] = {
 		{ "model", required_argument, NULL, 'm' },
 		{ "prompt", required_argument, NULL, 'p' },
@@ -221,6 +228,7 @@ parse_args(int argc, char **argv, struct gen_opts *o)
 		{ "special", no_argument, NULL, O_SPECIAL },
 		{ "ignore-eos", no_argument, NULL, O_IGNORE },
 		{ "batch", required_argument, NULL, O_BATCH },
+		{ "backend", required_argument, NULL, O_BACKEND },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -262,6 +270,7 @@ parse_args(int argc, char **argv, struct gen_opts *o)
 		case O_REPN: if (parse_int("--repeat-last-n", optarg, 0, INT_MAX, &v)) return -1; o->sp.repeat_last_n = (int)v; break;
 		case O_SEED: if (parse_int("--seed", optarg, 0, LONG_MAX, &v)) return -1; o->sp.seed = (uint64_t)v; break;
 		case O_IDS: o->ids = true; break;
+		case O_BACKEND: o->backend = optarg; break;
 		case O_NOBOS: o->no_bos = true; break;
 		case O_SPECIAL: o->special = true; break;
 		case O_IGNORE: o->ignore_eos = true; break;
@@ -283,19 +292,55 @@ parse_args(int argc, char **argv, struct gen_opts *o)
 	return 0;
 }
 
+/* Runs one step through the backend and waits for its completion (this
+ * command has no other work, so it simply runs the event loop). */
+struct gen_wait {
+	struct backend_step st;
+	bool done;
+};
+
+static void
+gen_step_done(struct cq_item *item)
+{
+	((struct gen_wait *)item)->done = true;
+}
+
+static int
+gen_step(struct backend *b, struct event_base *base, struct backend_step_seq *q,
+    struct orcd_err *err)
+{
+	struct gen_wait w;
+
+	memset(&w, 0, sizeof(w));
+	w.st.cq.fn = gen_step_done;
+	w.st.seqs = q;
+	w.st.n_seqs = 1;
+	w.st.n_tokens = q->n_tokens;
+	if (b->ops->step(b, &w.st, err) != 0)
+		return -1;
+	while (!w.done)
+		event_base_loop(base, EVLOOP_ONCE);
+	if (w.st.status != 0) {
+		*err = w.st.err;
+		return -1;
+	}
+	return 0;
+}
+
 int
 generate_main(int argc, char **argv)
 {
 	struct gen_opts o;
 	struct orcd_err err;
 	struct model *m = NULL;
-	struct cpu_engine *e = NULL;
-	struct cpu_kv kv = { 0 };
+	struct event_base *base = NULL;
+	struct cq *cq = NULL;
+	struct backend *b = NULL;
+	struct backend_seq *seq = NULL;
 	struct sampler *s = NULL;
 	struct tokenizer_utf8 u8;
-	int32_t *ids = NULL, *all = NULL;
+	int32_t *ids = NULL;
 	size_t n_ids = 0;
-	float *logits = NULL;
 	char model_path[PATH_MAX];
 	int rc = 1, n_gen = 0;
 	double t0, t_load, t_prompt = 0, t_gen = 0;
@@ -320,19 +365,6 @@ generate_main(int argc, char **argv)
 		fprintf(stderr, "orcd generate: %s\n", err.msg);
 		goto out;
 	}
-	if (cpu_engine_new(m, (int)o.threads, &e, &err) != 0) {
-		fprintf(stderr, "orcd generate: %s\n", err.msg);
-		goto out;
-	}
-	t_load = orcd_now() - t0;
-	if (o.verbose) {
-		char desc[512];
-
-		model_describe(m, desc, sizeof(desc));
-		fprintf(stderr, "orcd: %s\norcd: loaded in %.3f s, %d threads, %s kernels\n",
-		    desc, t_load, cpu_engine_threads(e), quant_isa());
-	}
-
 	if (tokenizer_encode(m->tok, o.prompt, o.prompt_len,
 	    !o.no_bos, o.special, &ids, &n_ids, &err) != 0) {
 		fprintf(stderr, "orcd generate: %s\n", err.msg);
@@ -349,58 +381,57 @@ generate_main(int argc, char **argv)
 		ids[0] = tokenizer_bos(m->tok);
 		n_ids = 1;
 	}
-	if (o.verbose) {
-		fprintf(stderr, "orcd: prompt ids (%zu):", n_ids);
-		for (size_t i = 0; i < n_ids; i++)
-			fprintf(stderr, " %d", ids[i]);
-		fprintf(stderr, "\n");
-	}
-
 	long n_ctx = o.n_ctx > 0 ? o.n_ctx : (long)n_ids + o.n_predict;
 	if ((long)n_ids >= n_ctx) {
 		fprintf(stderr, "orcd generate: the prompt has %zu tokens, the "
 		    "context only %ld\n", n_ids, n_ctx);
 		goto out;
 	}
-	if (cpu_kv_init(e, (int)n_ctx, &kv, &err) != 0 ||
+
+	struct backend_open_opts bo;
+	backend_open_opts_init(&bo);
+	bo.name = o.backend;
+	bo.threads = (int)o.threads;
+	bo.n_seqs = 1;
+	bo.n_ctx = (int)n_ctx;
+	bo.max_step_tokens = (int)(o.batch < n_ctx ? o.batch : n_ctx);
+	if ((base = event_base_new()) == NULL || (cq = cq_new(base, &err)) == NULL ||
+	    backend_open(m, &bo, cq, &b, &err) != 0 ||
+	    b->ops->seq_new(b, (int)n_ctx, &seq, &err) != 0 ||
 	    (s = sampler_new(&o.sp, m->hp.n_vocab, &err)) == NULL) {
-		fprintf(stderr, "orcd generate: %s\n", err.msg);
+		fprintf(stderr, "orcd generate: %s\n", base == NULL ? "cannot create the event "
+		    "loop" : err.msg);
 		goto out;
 	}
-	logits = malloc((size_t)m->hp.n_vocab * sizeof(float));
-	all = malloc((size_t)n_ctx * sizeof(*all));
-	if (logits == NULL || all == NULL) {
-		fprintf(stderr, "orcd generate: out of memory\n");
-		goto out;
+	t_load = orcd_now() - t0;
+	if (o.verbose) {
+		char desc[512];
+
+		model_describe(m, desc, sizeof(desc));
+		fprintf(stderr, "orcd: %s\norcd: loaded in %.3f s, backend %s, %s CPU kernels\n",
+		    desc, t_load, b->ops->name, quant_isa());
+		fprintf(stderr, "orcd: prompt ids (%zu):", n_ids);
+		for (size_t i = 0; i < n_ids; i++)
+			fprintf(stderr, " %d", ids[i]);
+		fprintf(stderr, "\n");
 	}
-	memcpy(all, ids, n_ids * sizeof(*ids));
 	for (size_t i = 0; i < n_ids; i++)
 		sampler_accept(s, ids[i]);
 
-	/* Prefill in chunks of --batch tokens. */
-	struct cpu_kv *kvp = &kv;
-	int32_t *pos = malloc((size_t)n_ctx * sizeof(*pos));
-	struct cpu_kv **kvs = malloc((size_t)(o.batch < n_ctx ? o.batch : n_ctx) * sizeof(*kvs));
-	if (pos == NULL || kvs == NULL) {
-		free(pos);
-		free(kvs);
-		fprintf(stderr, "orcd generate: out of memory\n");
-		goto out;
-	}
-	for (long i = 0; i < n_ctx; i++)
-		pos[i] = (int32_t)i;
-	for (long i = 0; i < (o.batch < n_ctx ? o.batch : n_ctx); i++)
-		kvs[i] = kvp;
+	/* Prefill in chunks of --batch tokens; the last one samples. */
+	struct backend_step_seq q;
 	t0 = orcd_now();
 	for (size_t done = 0; done < n_ids;) {
 		size_t n = n_ids - done < (size_t)o.batch ? n_ids - done : (size_t)o.batch;
-		struct cpu_batch b = { .n_tokens = (int)n, .tokens = all + done,
-		    .pos = pos + done, .kv = kvs, .logits = NULL };
 
-		if (cpu_forward(e, &b, logits, &err) != 0) {
+		memset(&q, 0, sizeof(q));
+		q.seq = seq;
+		q.tokens = ids + done;
+		q.n_tokens = (int)n;
+		q.pos = (int)done;
+		q.sampler = done + n == n_ids ? s : NULL;
+		if (gen_step(b, base, &q, &err) != 0) {
 			fprintf(stderr, "orcd generate: %s\n", err.msg);
-			free(pos);
-			free(kvs);
 			goto out;
 		}
 		done += n;
@@ -409,8 +440,8 @@ generate_main(int argc, char **argv)
 
 	tokenizer_utf8_init(&u8);
 	t0 = orcd_now();
+	int32_t tok = q.out_token;
 	for (long i = 0; i < o.n_predict; i++) {
-		int32_t tok = sampler_sample(s, logits);
 		size_t plen;
 		const char *piece;
 
@@ -436,19 +467,19 @@ generate_main(int argc, char **argv)
 		fflush(stdout);
 		if (i + 1 == o.n_predict || (long)n_ids + i + 1 >= n_ctx)
 			break;
-		all[n_ids + i] = tok;
-		struct cpu_batch b = { .n_tokens = 1, .tokens = &all[n_ids + i],
-		    .pos = &pos[n_ids + i], .kv = kvs, .logits = NULL };
-		if (cpu_forward(e, &b, logits, &err) != 0) {
+		memset(&q, 0, sizeof(q));
+		q.seq = seq;
+		q.tokens = &tok;
+		q.n_tokens = 1;
+		q.pos = (int)(n_ids + (size_t)i);
+		q.sampler = s;
+		if (gen_step(b, base, &q, &err) != 0) {
 			fprintf(stderr, "\norcd generate: %s\n", err.msg);
-			free(pos);
-			free(kvs);
 			goto out;
 		}
+		tok = q.out_token;
 	}
 	t_gen = orcd_now() - t0;
-	free(pos);
-	free(kvs);
 	if (!o.ids) {
 		char out[4];
 		size_t w = tokenizer_utf8_flush(&u8, out);
@@ -458,18 +489,21 @@ generate_main(int argc, char **argv)
 	printf("\n");
 	fflush(stdout);
 	fprintf(stderr, "orcd: prompt %zu tokens in %.3f s (%.1f tokens/s), "
-	    "generated %d tokens in %.3f s (%.1f tokens/s)\n", n_ids, t_prompt,
+	    "generated %d tokens in %.3f s (%.1f tokens/s), backend %s\n", n_ids, t_prompt,
 	    t_prompt > 0 ? (double)n_ids / t_prompt : 0.0, n_gen, t_gen,
-	    t_gen > 0 && n_gen > 1 ? (double)(n_gen - 1) / t_gen : 0.0);
+	    t_gen > 0 && n_gen > 1 ? (double)(n_gen - 1) / t_gen : 0.0, b->ops->name);
 	rc = 0;
 out:
 	free(o.prompt);
 	free(ids);
-	free(all);
-	free(logits);
 	sampler_free(s);
-	cpu_kv_release(&kv);
-	cpu_engine_free(e);
+	if (b != NULL) {
+		b->ops->seq_free(b, seq);
+		b->ops->destroy(b);
+	}
+	cq_free(cq);
+	if (base != NULL)
+		event_base_free(base);
 	model_free(m);
 	return rc;
 }

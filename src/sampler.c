@@ -105,6 +105,12 @@ penalty_on(const struct sampler_params *p)
 }
 
 /* top_k as a candidate count, or 0 when it does not cut anything. */
+bool
+sampler_is_greedy(const struct sampler *s)
+{
+	return s->params.temperature <= 0 && !penalty_on(&s->params);
+}
+
 static int
 top_k_count(const struct sampler_params *p, int n_vocab)
 {

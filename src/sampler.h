@@ -90,6 +90,7 @@
 #ifndef ORCD_SAMPLER_H
 #define ORCD_SAMPLER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "err.h"
@@ -143,6 +144,11 @@ void	sampler_accept(struct sampler *s, int32_t token);
 /* The next token for these n_vocab logits (not modified); always a valid
  * id.  Does not call sampler_accept. */
 int32_t	sampler_sample(struct sampler *s, const float *logits);
+
+/* True when the token is the plain argmax of the logits (temperature 0 and
+ * no repetition penalty), so a backend may pick it on the device; the draw
+ * counter then does not advance, which greedy does not depend on. */
+bool	sampler_is_greedy(const struct sampler *s);
 
 /* The draw number of step 0 above, exposed for the CUDA backend's tests. */
 double	sampler_uniform(uint64_t seed, uint64_t counter);

@@ -26,6 +26,7 @@
 #include "config.h"
 
 #include "orcd/backend.h"
+#include "backend_open.h"
 #include "conn.h"
 #include "generate.h"
 #include "log.h"
@@ -218,30 +219,17 @@ load_run(struct load_job *j)
 	j->t_model = orcd_now() - t0;
 	if (j->status == 0) {
 		t0 = orcd_now();
-		if (o->cfg.backend != NULL && strcmp(o->cfg.backend, "cpu") != 0) {
-			orcd_errf(&j->err, "backend '%s' is not built into this orcd (available: cpu)",
-			    o->cfg.backend);
-			j->status = -1;
-		} else {
-			/* The engine threads inherit this thread's nice value: the
-			 * loop thread (nice 0) then always gets a core when it has
-			 * work, even on a machine the engine saturates. */
-			if (o->cfg.compute_nice < 0) {
-				/* SCHED_IDLE: any runnable normal thread (the loop)
-				 * preempts them at once */
-				struct sched_param sp = { 0 };
+		struct backend_open_opts bo;
 
-				if (sched_setscheduler(0, SCHED_IDLE, &sp) != 0)
-					log_warn("cannot make the compute threads SCHED_IDLE: %s",
-					    strerror(errno));
-			} else if (o->cfg.compute_nice > 0 &&
-			    setpriority(PRIO_PROCESS, 0, o->cfg.compute_nice) != 0) {
-				log_warn("cannot lower the compute threads' priority: %s",
-				    strerror(errno));
-			}
-			j->status = backend_cpu_new(j->model, o->cfg.threads, o->cq, &j->backend,
-			    &j->err);
-		}
+		backend_open_opts_init(&bo);
+		bo.name = o->cfg.backend;
+		bo.threads = o->cfg.threads;
+		bo.compute_nice = o->cfg.compute_nice;
+		bo.n_seqs = o->cfg.max_batch;
+		bo.n_ctx = o->cfg.ctx_size > 0 ? o->cfg.ctx_size :
+		    (j->model->hp.n_ctx_train < 4096 ? j->model->hp.n_ctx_train : 4096);
+		bo.max_step_tokens = o->cfg.max_step_tokens;
+		j->status = backend_open(j->model, &bo, o->cq, &j->backend, &j->err);
 		j->t_backend = orcd_now() - t0;
 		if (j->status != 0) {
 			sse_vocab_free(j->vocab);

@@ -52,9 +52,12 @@ run_case(json_t *c, const char *threads, char *why, size_t whylen)
 	FILE *p;
 
 	shell_quote(qp, sizeof(qp), prompt);
+	/* ORCD_TEST_BACKEND=cuda runs the same goldens on the GPU */
+	const char *backend = getenv("ORCD_TEST_BACKEND") ? getenv("ORCD_TEST_BACKEND") : "cpu";
+
 	snprintf(cmd, sizeof(cmd), "%s generate -m '%s/%s' -p %s -n %zu --temp 0 "
-	    "--ids --threads %s 2>/dev/null", bin, models_dir, model, qp,
-	    json_array_size(gen), threads);
+	    "--ids --threads %s --backend %s 2>/dev/null", bin, models_dir, model, qp,
+	    json_array_size(gen), threads, backend);
 	p = popen(cmd, "r");
 	assert_non_null(p);
 	while (n + 1 < sizeof(out) && !feof(p)) {

@@ -10,6 +10,7 @@
 #define ORCD_BACKEND_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "cq.h"   /* src/: the completion queue and error type are shared */
@@ -23,6 +24,7 @@ struct backend;
 struct backend_seq;   /* one sequence's KV cache */
 struct model;
 struct sampler;
+struct vram;
 
 struct backend_step_seq {
 	struct backend_seq *seq;
@@ -45,6 +47,13 @@ struct backend_step {
 	void *arg;                 /* the submitter's */
 };
 
+/* What /health reports about the backend (cached by the caller). */
+struct backend_health {
+	uint64_t vram_bytes_used;  /* tracked device bytes (0 on the CPU) */
+	bool resident;             /* last residency check passed */
+	double checked_at;         /* monotonic seconds of that check, 0 never */
+};
+
 struct backend_ops {
 	const char *name;
 	int (*seq_new)(struct backend *b, int n_ctx, struct backend_seq **out,
@@ -54,6 +63,11 @@ struct backend_ops {
 	uint64_t (*seq_bytes)(struct backend *b, int n_ctx);
 	int (*step)(struct backend *b, struct backend_step *st, struct orcd_err *err);
 	void (*destroy)(struct backend *b);
+	/* Cheap, any thread: cached counters only. */
+	int (*health)(struct backend *b, struct backend_health *h);
+	/* Residency verification (the monitor thread, not the loop); returns
+	 * the number of violations, or -1.  NULL: nothing to verify. */
+	int (*verify)(struct backend *b, struct orcd_err *err);
 };
 
 struct backend {
@@ -66,6 +80,21 @@ struct backend {
 /* The CPU backend: an engine thread that runs steps on the thread pool. */
 int backend_cpu_new(const struct model *m, int n_threads, struct cq *cq,
     struct backend **out, struct orcd_err *err);
+
+struct backend_cuda_opts {
+	int device;
+	int n_seqs;               /* KV slots = the most sequences at once */
+	int n_ctx;                /* positions per slot */
+	int max_step_tokens;
+	uint64_t soft_limit, hard_limit;   /* VRAM bytes, 0 = none */
+};
+
+/* The CUDA backend (cuda/backend_cuda.cu).  Without a CUDA build these are
+ * absent (ORCD_HAVE_CUDA undefined). */
+int backend_cuda_available(char *why, size_t len);
+int backend_cuda_new(const struct model *m, const struct backend_cuda_opts *o,
+    struct cq *cq, struct backend **out, struct orcd_err *err);
+struct vram *backend_cuda_vram(struct backend *b);
 
 #ifdef __cplusplus
 }

@@ -116,10 +116,14 @@ int cuda_rope_kv(int n_tok, int n_head, int n_head_kv, int head_dim,
  * (flash-decoding style: split maxima, then sums, then weighted values,
  * combined exactly in that order so the rounding points stay those of
  * the CPU); split_len = 0 chooses the split for this device, > 0 forces
- * that many positions per split.  workspace must hold
- * cuda_attention_workspace_bytes() of the same arguments on the same
- * device (0 when no split is needed; then workspace may be NULL).
- * out: [n_tok][n_head * head_dim] at row stride ldo.
+ * that many positions per split (at least 64, at most 8192).  workspace
+ * (16-byte aligned) must hold cuda_attention_workspace_bytes() of the same
+ * head counts and split_len on the same device; the size returned for
+ * (n_tok, max_len) covers every call with at most n_tok tokens and at most
+ * max_len positions, so one allocation for the largest batch serves all
+ * steps (0 when no call can split; workspace may then be NULL).
+ * out: [n_tok][n_head * head_dim] at row stride ldo (q and out must not
+ * overlap).
  */
 size_t cuda_attention_workspace_bytes(int n_tok, int n_head, int head_dim,
     int max_len, int split_len);

@@ -282,8 +282,18 @@ cpu_destroy(struct backend *b)
 	free(cb);
 }
 
+static int
+cpu_health(struct backend *b, struct backend_health *h)
+{
+	h->vram_bytes_used = 0;
+	h->resident = true;  /* host memory is where the CPU engine's model lives */
+	h->checked_at = 0;
+	return 0;
+}
+
 static const struct backend_ops cpu_ops = {
 	.name = "cpu",
+	.health = cpu_health,
 	.seq_new = cpu_seq_new,
 	.seq_free = cpu_seq_free,
 	.seq_bytes = cpu_seq_bytes,
