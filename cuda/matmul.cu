@@ -39,6 +39,8 @@
 #define TILE_TOKS 64
 #define TILE_RM 16
 
+namespace {
+
 __host__ __device__ constexpr bool
 mm_is_float(int wt)
 {
@@ -217,10 +219,14 @@ mm_float_a(const uint32_t w[4], float *f)
 
 /* ------------------------------------------------------------- GEMV */
 
+/*
+ * acc[t] += this lane's part of dot(row, token t) over k in [kc0, kc1),
+ * inside the staged activation chunk that starts at kbase.
+ */
 template <int WT, int NT>
 __device__ __forceinline__ void
 gemv_row(const cuda_mm_args &a, const uint32_t *act_s, uint32_t *wbuf,
-    const uint8_t *row, int kc0, int kc1, float acc[NT])
+    const uint8_t *row, int kbase, int kc0, int kc1, float acc[NT])
 {
 	const int lane = threadIdx.x & 31;
 	const int nbm = a.nbm, tw = a.tok_words;
@@ -243,7 +249,7 @@ gemv_row(const cuda_mm_args &a, const uint32_t *act_s, uint32_t *wbuf,
 				float wf[G];
 				mm_float_w<WT>(wbuf, head + e * ES, wf);
 				/* word offset of element pe + e in the chunk */
-				const int ao = (pe - kc0 + e) / (ES == 4 ? 1 : 2);
+				const int ao = (pe - kbase + e) / (ES == 4 ? 1 : 2);
 #pragma unroll
 				for (int t = 0; t < NT; t++) {
 					const uint4 v = *(const uint4 *)(act_s +
@@ -270,6 +276,7 @@ gemv_row(const cuda_mm_args &a, const uint32_t *act_s, uint32_t *wbuf,
 	} else if constexpr (!mm_is_k(WT)) {
 		constexpr int BB = cuda_blk_bytes(WT), PB = gemv_pass_blocks(WT);
 		const int b0 = kc0 / 32, nb = (kc1 - kc0) / 32;
+		const int ab0 = (kc0 - kbase) / 32;
 
 		for (int pb = 0; pb < nb; pb += PB) {
 			const int nbp = min(PB, nb - pb);
@@ -283,7 +290,7 @@ gemv_row(const cuda_mm_args &a, const uint32_t *act_s, uint32_t *wbuf,
 
 				if (blk >= nbp)
 					continue;
-				const int o = head + blk * BB, ab = pb + blk;
+				const int o = head + blk * BB, ab = ab0 + pb + blk;
 				uint32_t q[8];
 
 				cuda_wq<WT>::q32(wbuf, o, 0, q);
@@ -308,6 +315,7 @@ gemv_row(const cuda_mm_args &a, const uint32_t *act_s, uint32_t *wbuf,
 	} else {
 		constexpr int BB = cuda_blk_bytes(WT), PB = gemv_pass_blocks(WT);
 		const int b0 = kc0 / 256, nb = (kc1 - kc0) / 256;
+		const int ab0 = (kc0 - kbase) / 256;
 		const int s = lane & 7;
 
 		for (int pb = 0; pb < nb; pb += PB) {
@@ -321,7 +329,7 @@ gemv_row(const cuda_mm_args &a, const uint32_t *act_s, uint32_t *wbuf,
 				const int blk = st + (lane >> 3);
 				const bool valid = blk < nbp;
 				const int o = head + (valid ? blk : 0) * BB;
-				const int ab = pb + (valid ? blk : 0);
+				const int ab = ab0 + pb + (valid ? blk : 0);
 
 #pragma unroll
 				for (int t = 0; t < NT; t++) {
@@ -356,16 +364,25 @@ gemv_row(const cuda_mm_args &a, const uint32_t *act_s, uint32_t *wbuf,
 	}
 }
 
+/*
+ * Rows are spread over the warps, one row per warp at a time (wpr = 1),
+ * or a row over wpr warps, each taking a part of k, when there are too few
+ * rows to keep the GPU busy; the parts meet in shared memory and are added
+ * in order.  A long k is staged in chunks (then wpr = 1 and each warp has
+ * one row, so its partial sums carry over between chunks).
+ */
 template <int WT, int NT>
-__global__ void __launch_bounds__(MM_THREADS)
+__global__ void __launch_bounds__(MM_THREADS, NT <= 2 ? 4 : 2)
 gemv_kernel(const cuda_mm_args a)
 {
 	extern __shared__ uint4 mm_smem4[];
+	__shared__ float part_sum[MM_WARPS][NT];
 	uint32_t *smem = (uint32_t *)mm_smem4;
 	constexpr int AT = cuda_dot_type(WT);
 	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 	uint32_t *act_s = smem;
 	uint32_t *wbuf = smem + NT * a.tok_words + warp * (GEMV_WBUF / 4);
+	const int wpr = a.wpr, part = warp % wpr, slot = warp / wpr;
 	const int row0 = blockIdx.x * a.rows_per_cta;
 	const int row_end = min(row0 + a.rows_per_cta, a.n_rows);
 	const int n_t = min(a.n_tok, NT);
@@ -376,31 +393,51 @@ gemv_kernel(const cuda_mm_args a)
 		acc[t] = 0.0f;
 	for (int c = 0; c < a.n_chunks; c++) {
 		const int kc0 = c * a.kc, kc1 = min(kc0 + a.kc, a.n_in);
+		const int k0 = wpr > 1 ? min(kc0 + part * a.kpart, kc1) : kc0;
+		const int k1 = wpr > 1 ? min(k0 + a.kpart, kc1) : kc1;
 
 		if (c > 0)
 			__syncthreads();
 		cuda_mm_stage_act<AT>(act_s, a.tok_words, a.nbm, a.act,
 		    a.act_stride, 0, n_t, kc0, kc1);
 		__syncthreads();
-		/* With several chunks each warp has one row (the host
-		 * ensures it), so acc carries over between chunks. */
-		for (int r = row0 + warp; r < row_end; r += MM_WARPS) {
+		for (int r = row0 + slot; r < row_end; r += MM_WARPS / wpr) {
 			if (a.n_chunks == 1) {
 #pragma unroll
 				for (int t = 0; t < NT; t++)
 					acc[t] = 0.0f;
 			}
 			gemv_row<WT, NT>(a, act_s, wbuf,
-			    a.w + (size_t)r * a.w_stride, kc0, kc1, acc);
-			if (c == a.n_chunks - 1) {
+			    a.w + (size_t)r * a.w_stride, kc0, k0, k1, acc);
+			if (c < a.n_chunks - 1)
+				continue;
 #pragma unroll
-				for (int t = 0; t < NT; t++) {
-					const float v = cuda_warp_sum(acc[t]);
+			for (int t = 0; t < NT; t++) {
+				const float v = cuda_warp_sum(acc[t]);
 
-					if (lane == t && t < a.n_tok)
+				if (lane == t && t < a.n_tok) {
+					if (wpr == 1)
 						cuda_mm_store(a, t, r, v);
+					else
+						part_sum[warp][t] = v;
 				}
 			}
+		}
+	}
+	if (wpr == 1)
+		return;
+	/* wpr > 1: one row per slot (the host ensures it). */
+	__syncthreads();
+	if (threadIdx.x < (MM_WARPS / wpr) * NT) {
+		const int s = threadIdx.x / NT, t = threadIdx.x % NT;
+		const int r = row0 + s;
+
+		if (r < row_end && t < a.n_tok) {
+			float v = part_sum[s * wpr][t];
+
+			for (int p = 1; p < wpr; p++)
+				v += part_sum[s * wpr + p][t];
+			cuda_mm_store(a, t, r, v);
 		}
 	}
 }
@@ -583,7 +620,7 @@ tile_kernel(const cuda_mm_args a)
 /* ------------------------------------------------------------- host */
 
 template <int WT, int NT>
-static int
+int
 gemv_launch(cuda_mm_args a, cudaStream_t s)
 {
 	constexpr int AT = cuda_dot_type(WT);
@@ -613,16 +650,37 @@ gemv_launch(cuda_mm_args a, cudaStream_t s)
 	a.tok_words = (cuda_act_words(AT, nbm) + 3) / 4 * 4;
 	a.n_chunks = (a.n_in + a.kc - 1) / a.kc;
 
-	/* One row per warp, or several (fewer activation stagings) when
-	 * that still leaves about 8 blocks per SM. */
+	/*
+	 * One row per warp, or several (fewer activation stagings) when
+	 * that still leaves about 8 blocks per SM; with too few rows for 4
+	 * blocks per SM, 2, 4 or 8 warps share a row, as long as each part
+	 * keeps a whole step of work (32 blocks, 4 super-blocks, 256
+	 * elements) for the warp.
+	 */
+	const int sms = cuda_ops_sm_count();
+	const int step = mm_is_float(WT) ? 256 : 1024;
 	int rpw = 1;
+
+	a.wpr = 1;
+	a.kpart = 0;
 	if (a.n_chunks == 1) {
-		const long long target = 8LL * cuda_ops_sm_count() * MM_WARPS;
+		const long long target = 8LL * sms * MM_WARPS;
 
 		rpw = (int)((a.n_rows + target - 1) / target);
 		rpw = rpw < 1 ? 1 : rpw;
+		while (a.wpr < MM_WARPS &&
+		    (long long)(a.n_rows + MM_WARPS - 1) / MM_WARPS * a.wpr <
+		    4LL * sms && a.n_in / (2 * a.wpr) >= step)
+			a.wpr *= 2;
+		if (a.wpr > 1) {
+			const int q = mm_is_float(WT) ? 8 : cuda_blk_elems(WT);
+			const int per = (a.n_in + a.wpr - 1) / a.wpr;
+
+			rpw = 1;
+			a.kpart = (per + q - 1) / q * q;
+		}
 	}
-	a.rows_per_cta = rpw * MM_WARPS;
+	a.rows_per_cta = rpw * (MM_WARPS / a.wpr);
 
 	const int grid = (a.n_rows + a.rows_per_cta - 1) / a.rows_per_cta;
 	const size_t smem = (size_t)NT * a.tok_words * 4 +
@@ -633,7 +691,7 @@ gemv_launch(cuda_mm_args a, cudaStream_t s)
 }
 
 template <int WT>
-static int
+int
 mm_launch(cuda_mm_args a, cudaStream_t s)
 {
 	static_assert(tile_smem_bytes(WT) <= 48 * 1024, "tile smem");
@@ -655,6 +713,8 @@ mm_launch(cuda_mm_args a, cudaStream_t s)
 	tile_kernel<WT><<<grid, MM_THREADS, tile_smem_bytes(WT), s>>>(a);
 	return cuda_ops_launched();
 }
+
+} /* namespace */
 
 extern "C" int
 cuda_matmul(int wtype, const void *w, size_t w_stride, int n_rows, int n_in,
@@ -698,6 +758,8 @@ cuda_matmul(int wtype, const void *w, size_t w_stride, int n_rows, int n_in,
 	a.bias = bias;
 	a.residual = residual;
 	a.kc = a.n_chunks = a.nbm = a.tok_words = a.rows_per_cta = 0;
+	a.wpr = 1;
+	a.kpart = 0;
 
 	switch (wtype) {
 	case ORCD_DTYPE_F32: return mm_launch<ORCD_DTYPE_F32>(a, s);

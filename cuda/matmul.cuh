@@ -35,6 +35,8 @@ struct cuda_mm_args {
 	int nbm;		/* activation blocks (float types: elements) per chunk */
 	int tok_words;		/* shared words per token */
 	int rows_per_cta;
+	int wpr;		/* GEMV: warps sharing a row (1, 2, 4, 8) */
+	int kpart;		/* GEMV: elements of k per warp when wpr > 1 */
 };
 
 /* Words per token of the layout above for nbm blocks / elements. */

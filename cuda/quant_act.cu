@@ -7,6 +7,8 @@
 
 #define QA_THREADS 256
 
+namespace {
+
 template <int AT>
 __global__ void __launch_bounds__(QA_THREADS)
 quant_act_blocks(const float *x, size_t ldx, int rows, int nb,
@@ -60,7 +62,7 @@ quant_act_elems(const float *x, size_t ldx, int rows, int n, uint8_t *dst,
 	}
 }
 
-static int
+int
 grid_for(long long items, int per_block)
 {
 	long long g = (items + per_block - 1) / per_block;
@@ -70,6 +72,8 @@ grid_for(long long items, int per_block)
 		g = cap;
 	return g < 1 ? 1 : (int)g;
 }
+
+} /* namespace */
 
 extern "C" int
 cuda_act_type(int wtype)

@@ -12,7 +12,9 @@
  * the float sums over blocks in another order); RMSNorm and RoPE: within
  * 2 ulp (double sums / cos and sin may round differently in rare cases);
  * f16 KV cache: within 1 f16 ulp; attention: 1e-3 of the head's largest
- * output (summation order); SwiGLU: within 2 ulp.
+ * sum_j p_j |v_j[d]| (summation order; a probability whose f16 rounding
+ * flips moves the output by 2^-11 of its term); SwiGLU: within 4 ulp
+ * (glibc's expf is not correctly rounded everywhere).
  *
  * Then timings (cudaEvent, median of 20 after warm-up): the decode GEMV in
  * GB/s of weights, per call inside a CUDA graph and as a plain launch.
@@ -514,8 +516,9 @@ test_matmul(void)
 		test_matmul_shape(wt, { 37, 96, { 1, 3, 8, 17, 100 } }, 2, 2, 3);
 		test_matmul_shape(wt, { 1, 32, { 1, 9 } }, 0, 0, 0);
 		test_matmul_shape(wt, { 130, 160, { 2, 65 } }, 6, 4, 1);
-		/* k longer than one GEMV activation chunk for 8 tokens */
-		test_matmul_shape(wt, { 64, 8192, { 8, 5 } }, 0, 0, 0);
+		/* k longer than one GEMV activation chunk for 8 tokens; for
+		 * one or two tokens, 8 or 4 warps share each row */
+		test_matmul_shape(wt, { 64, 8192, { 8, 1, 5, 2 } }, 0, 0, 0);
 	}
 	for (int wt : kq) {
 		test_matmul_shape(wt, { 896, 4864, { 1, 2, 3, 5, 8, 9, 64, 300 } },
@@ -524,6 +527,7 @@ test_matmul(void)
 		test_matmul_shape(wt, { 37, 768, { 1, 3, 8, 17, 100 } }, 2, 4, 3);
 		test_matmul_shape(wt, { 1, 256, { 1, 9 } }, 0, 0, 0);
 		test_matmul_shape(wt, { 130, 512, { 2, 65 } }, 6, 8, 1);
+		test_matmul_shape(wt, { 16, 4096, { 1, 3, 8 } }, 2, 4, 5);
 	}
 	for (int wt : fl) {
 		const int ap = wt == ORCD_DTYPE_F32 ? 4 : 2;
@@ -807,7 +811,7 @@ test_rope(void)
 /* forward.c's att_task on a [n_ctx][kv_dim] V layout, in double at the end */
 static void
 att_ref(const float *q, const uint16_t *kb, const uint16_t *vb, size_t kv_dim,
-    int n, int hd, float *out)
+    int n, int hd, float *out, float *mag)
 {
 	std::vector<uint16_t> q16(hd), p16(n);
 	std::vector<float> sc(n);
@@ -831,12 +835,17 @@ att_ref(const float *q, const uint16_t *kb, const uint16_t *vb, size_t kv_dim,
 	for (int i = 0; i < n; i++)
 		p16[i] = quant_fp32_to_fp16(sc[i] * inv);
 	for (int d = 0; d < hd; d++) {
-		double acc = 0.0;
+		double acc = 0.0, m = 0.0;
 
-		for (int j = 0; j < n; j++)
-			acc += (double)quant_fp16_to_fp32(vb[(size_t)j * kv_dim + d]) *
-			    quant_fp16_to_fp32(p16[j]);
+		for (int j = 0; j < n; j++) {
+			const double t = (double)quant_fp16_to_fp32(
+			    vb[(size_t)j * kv_dim + d]) * quant_fp16_to_fp32(p16[j]);
+
+			acc += t;
+			m += fabs(t);
+		}
 		out[d] = (float)acc;
+		mag[d] = (float)m;
 	}
 }
 
@@ -864,6 +873,7 @@ test_attention_one(const att_cfg &c, const std::vector<int> &seq,
 	std::vector<uint16_t> kc((size_t)n_seq * per_seq, 0x7e00);
 	std::vector<uint16_t> vc(kc.size(), 0x7e00);
 	std::vector<float> q(n_tok * ldq), ref(n_tok * ldo, 0.0f);
+	std::vector<float> mag(ref.size(), 0.0f);
 	int max_len = 0;
 
 	for (int t = 0; t < n_tok; t++)
@@ -890,7 +900,8 @@ test_attention_one(const att_cfg &c, const std::vector<int> &seq,
 			    (size_t)g * c.hd;
 
 			att_ref(&q[t * ldq + (size_t)h * c.hd], &kc[base], &vc[base],
-			    kvd, pos[t] + 1, c.hd, &ref[t * ldo + (size_t)h * c.hd]);
+			    kvd, pos[t] + 1, c.hd, &ref[t * ldo + (size_t)h * c.hd],
+			    &mag[t * ldo + (size_t)h * c.hd]);
 		}
 
 	const size_t wsb = cuda_attention_workspace_bytes(n_tok, c.n_head, c.hd,
@@ -927,7 +938,8 @@ test_attention_one(const att_cfg &c, const std::vector<int> &seq,
 			float scale = 0.0f;
 
 			for (int d = 0; d < c.hd; d++)
-				scale = std::max(scale, fabsf(e[d]));
+				scale = std::max(scale,
+				    mag[t * ldo + (size_t)h * c.hd + d]);
 			for (int d = 0; d < c.hd; d++) {
 				const double err = fabs((double)g[d] - e[d]) /
 				    (scale + 1e-30);
@@ -941,8 +953,8 @@ test_attention_one(const att_cfg &c, const std::vector<int> &seq,
 		for (size_t i = qd; i < ldo; i++)
 			bad += !is_poison(got[t * ldo + i]);
 	}
-	report(bad == 0, "attention %-9s %-28s n_tok %3d max_len %5d split %5d "
-	    "(ws %zu B): max err %.2e of the head's max", c.name, what, n_tok,
+	report(bad == 0, "attention %-9s %-20s n_tok %3d max_len %5d split %6d "
+	    "(ws %zu B): max err %.2e of max sum p|v|", c.name, what, n_tok,
 	    max_len, split_len, wsb, worst);
 }
 
@@ -1003,14 +1015,27 @@ test_add(void)
 		fill_gauss(a.data(), n, 10.0f);
 		fill_gauss(b.data(), n, 0.1f);
 		float *da = dp.up(a), *db = dp.up(b);
-
-		CK(cuda_add(da, da, db, n, NULL));	/* in place */
-		CK(cudaDeviceSynchronize());
-		CK(down(got, da));
+		float *dy = (float *)dp.get((n + 1) * 4);
 		long bad = 0;
+
+		/* into a poisoned buffer (one element past the end stays) */
+		CK(cudaMemset(dy, 0xff, (n + 1) * 4));
+		CK(cuda_add(dy, da, db, n, NULL));
+		CK(cudaDeviceSynchronize());
+		got.resize(n + 1);
+		CK(down(got, dy));
 		for (size_t i = 0; i < n; i++)
 			bad += fbits(got[i]) != fbits(a[i] + b[i]);
-		report(bad == 0, "add %zu in place: %ld differ", n, bad);
+		bad += !is_poison(got[n]);
+		/* and in place */
+		CK(cuda_add(da, da, db, n, NULL));
+		CK(cudaDeviceSynchronize());
+		got.resize(n);
+		CK(down(got, da));
+		for (size_t i = 0; i < n; i++)
+			bad += fbits(got[i]) != fbits(a[i] + b[i]);
+		report(bad == 0, "add %zu (into a poisoned buffer, then in place): "
+		    "%ld differ", n, bad);
 	}
 }
 
@@ -1045,14 +1070,15 @@ test_swiglu(void)
 			const uint32_t d = ulps(got[r * ly + i], e);
 
 			exact += d == 0;
-			bad += d > 2;
+			bad += d > 4;
 			worst = std::max(worst, d);
 		}
 		for (size_t i = n; i < ly; i++)
 			bad += !is_poison(got[r * ly + i]);
 	}
 	report(bad == 0, "swiglu %d x %d (strided): %ld of %d bit-identical, "
-	    "max %u ulp", rows, n, exact, rows * n, worst);
+	    "max %u ulp (glibc's expf is not always correctly rounded)", rows,
+	    n, exact, rows * n, worst);
 }
 
 static void
