@@ -448,7 +448,7 @@ step_done(void *arg)
 	struct cuda_job *j = (struct cuda_job *)arg;
 	struct cuda_backend *cb = j->cb;
 	struct backend_step *st = j->st;
-	int k = 0, hl = 0;
+	int k = 0;
 	int n_vocab = cb->m->hp.n_vocab;
 
 	for (int i = 0; i < st->n_seqs; i++) {
@@ -456,15 +456,14 @@ step_done(void *arg)
 
 		if (s->sampler == NULL)
 			continue;
-		if (sampler_is_greedy(s->sampler)) {
+		if (sampler_is_greedy(s->sampler))
 			s->out_token = cb->h_ids[k];
-		} else {
-			/* the same sampler as the CPU backend, on the same logits */
-			s->out_token = sampler_sample(s->sampler, cb->h_logits + (size_t)hl * n_vocab);
-			hl++;
-		}
+		else /* the same sampler as the CPU backend, on the same logits */
+			s->out_token = sampler_sample(s->sampler, cb->h_logits + (size_t)k * n_vocab);
 		k++;
 	}
+	if (st->logits_out != NULL)
+		memcpy(st->logits_out, cb->h_logits, (size_t)k * n_vocab * sizeof(float));
 	st->t_end = orcd_now();
 	cq_push(cb->b.cq, &st->cq);
 	free(j);
@@ -541,22 +540,14 @@ run_step(struct cuda_backend *cb, struct cuda_job *j)
 		if ((rc = cudaMemcpyAsync(cb->h_ids, cb->d_ids, (size_t)n_out * 4,
 		    cudaMemcpyDeviceToHost, s)) != 0)
 			goto cuda_error;
-		/* logits of the sequences sampled on the host */
-		int k = 0, hl = 0;
-		for (int i = 0; i < st->n_seqs; i++) {
-			struct backend_step_seq *q = &st->seqs[i];
-
-			if (q->sampler == NULL)
-				continue;
-			if (!sampler_is_greedy(q->sampler)) {
-				if ((rc = cudaMemcpyAsync(cb->h_logits + (size_t)hl * n_vocab,
-				    cb->logits + (size_t)k * n_vocab, (size_t)n_vocab * 4,
-				    cudaMemcpyDeviceToHost, s)) != 0)
-					goto cuda_error;
-				hl++;
-			}
-			k++;
-		}
+		/* logits to the host when a sequence is sampled there (or the
+		 * caller wants them); greedy needs only the ids */
+		bool want = st->logits_out != NULL;
+		for (int i = 0; i < st->n_seqs && !want; i++)
+			want = st->seqs[i].sampler != NULL && !sampler_is_greedy(st->seqs[i].sampler);
+		if (want && (rc = cudaMemcpyAsync(cb->h_logits, cb->logits,
+		    (size_t)n_out * n_vocab * 4, cudaMemcpyDeviceToHost, s)) != 0)
+			goto cuda_error;
 		if ((rc = cudaLaunchHostFunc(s, step_done, j)) != 0)
 			goto cuda_error;
 	}

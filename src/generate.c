@@ -54,6 +54,7 @@ usage(FILE *f)
 	    "      --batch N         prompt tokens per forward pass (default 512)\n"
 	    "      --backend B       cpu, cuda or auto (default: cuda when built and a GPU\n"
 	    "                        is present, else cpu)\n"
+	    "      --dump-logits FILE  write the logits after the prompt, one per line\n"
 	    "  -v, --verbose         print the model summary and prompt ids on stderr\n");
 }
 
@@ -201,6 +202,7 @@ struct gen_opts {
 	long batch;
 	bool ids, no_bos, special, ignore_eos, verbose;
 	const char *backend;
+	const char *dump_logits;
 	struct sampler_params sp;
 };
 
@@ -208,7 +210,7 @@ static int
 parse_args(int argc, char **argv, struct gen_opts *o)
 {
 	enum { O_TEMP = 256, O_TOPK, O_TOPP, O_MINP, O_REP, O_REPN, O_SEED,
-	    O_IDS, O_NOBOS, O_SPECIAL, O_IGNORE, O_BATCH, O_BACKEND };
+	    O_IDS, O_NOBOS, O_SPECIAL, O_IGNORE, O_BATCH, O_BACKEND, O_DUMP };
 	static const struct option longopts[] = {
 		{ "model", required_argument, NULL, 'm' },
 		{ "prompt", required_argument, NULL, 'p' },
@@ -229,6 +231,7 @@ parse_args(int argc, char **argv, struct gen_opts *o)
 		{ "ignore-eos", no_argument, NULL, O_IGNORE },
 		{ "batch", required_argument, NULL, O_BATCH },
 		{ "backend", required_argument, NULL, O_BACKEND },
+		{ "dump-logits", required_argument, NULL, O_DUMP },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -271,6 +274,7 @@ parse_args(int argc, char **argv, struct gen_opts *o)
 		case O_SEED: if (parse_int("--seed", optarg, 0, LONG_MAX, &v)) return -1; o->sp.seed = (uint64_t)v; break;
 		case O_IDS: o->ids = true; break;
 		case O_BACKEND: o->backend = optarg; break;
+		case O_DUMP: o->dump_logits = optarg; break;
 		case O_NOBOS: o->no_bos = true; break;
 		case O_SPECIAL: o->special = true; break;
 		case O_IGNORE: o->ignore_eos = true; break;
@@ -307,11 +311,12 @@ gen_step_done(struct cq_item *item)
 
 static int
 gen_step(struct backend *b, struct event_base *base, struct backend_step_seq *q,
-    struct orcd_err *err)
+    float *logits_out, struct orcd_err *err)
 {
 	struct gen_wait w;
 
 	memset(&w, 0, sizeof(w));
+	w.st.logits_out = logits_out;
 	w.st.cq.fn = gen_step_done;
 	w.st.seqs = q;
 	w.st.n_seqs = 1;
@@ -420,6 +425,12 @@ generate_main(int argc, char **argv)
 
 	/* Prefill in chunks of --batch tokens; the last one samples. */
 	struct backend_step_seq q;
+	float *first_logits = NULL;
+	if (o.dump_logits != NULL &&
+	    (first_logits = malloc((size_t)m->hp.n_vocab * sizeof(float))) == NULL) {
+		fprintf(stderr, "orcd generate: out of memory\n");
+		goto out;
+	}
 	t0 = orcd_now();
 	for (size_t done = 0; done < n_ids;) {
 		size_t n = n_ids - done < (size_t)o.batch ? n_ids - done : (size_t)o.batch;
@@ -430,13 +441,27 @@ generate_main(int argc, char **argv)
 		q.n_tokens = (int)n;
 		q.pos = (int)done;
 		q.sampler = done + n == n_ids ? s : NULL;
-		if (gen_step(b, base, &q, &err) != 0) {
+		if (gen_step(b, base, &q, q.sampler && o.dump_logits ? first_logits : NULL,
+		    &err) != 0) {
 			fprintf(stderr, "orcd generate: %s\n", err.msg);
 			goto out;
 		}
 		done += n;
 	}
 	t_prompt = orcd_now() - t0;
+	if (first_logits != NULL) {
+		FILE *lf = fopen(o.dump_logits, "w");
+
+		if (lf == NULL) {
+			fprintf(stderr, "orcd generate: %s: %s\n", o.dump_logits, strerror(errno));
+			free(first_logits);
+			goto out;
+		}
+		for (int i = 0; i < m->hp.n_vocab; i++)
+			fprintf(lf, "%.9g\n", (double)first_logits[i]);
+		fclose(lf);
+		free(first_logits);
+	}
 
 	tokenizer_utf8_init(&u8);
 	t0 = orcd_now();
@@ -473,7 +498,7 @@ generate_main(int argc, char **argv)
 		q.n_tokens = 1;
 		q.pos = (int)(n_ids + (size_t)i);
 		q.sampler = s;
-		if (gen_step(b, base, &q, &err) != 0) {
+		if (gen_step(b, base, &q, NULL, &err) != 0) {
 			fprintf(stderr, "\norcd generate: %s\n", err.msg);
 			goto out;
 		}

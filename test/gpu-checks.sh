@@ -9,7 +9,8 @@ set -u
 if [ "${1:-}" = "--bundle" ]; then
 	d=$2
 	mkdir -p "$d/bin" "$d/lib" "$d/models"
-	cp orcd orcd-mkmodel test/test_vram test/test_golden bench/loadgen bench/orcd-bench "$d/bin/"
+	cp orcd orcd-mkmodel test/test_vram test/test_golden test/test_cuda_backend bench/loadgen \
+	    bench/orcd-bench "$d/bin/"
 	[ -x test/test_cuda_ops ] && cp test/test_cuda_ops "$d/bin/"
 	for lib in libevent_core-2.1.so.7 libevent_pthreads-2.1.so.7 libjansson.so.4 libcmocka.so.0; do
 		cp -L "/lib/x86_64-linux-gnu/$lib" "$d/lib/"
@@ -38,20 +39,48 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 check vram "$bin/test_vram"
 [ -x "$bin/test_cuda_ops" ] && check cuda_ops "$bin/test_cuda_ops"
 check golden_cuda env ORCD_TEST_BACKEND=cuda "$bin/test_golden"
+check cuda_backend "$bin/test_cuda_backend"
 grep -h "passed\|failed\|mismatch" "$out"/*.log | tail -n 8
 
 # CPU vs GPU greedy on generated real-shape models
 for mix in q4_k_m f16; do
 	m=/tmp/qwen05-$mix.gguf
 	"$bin/orcd-mkmodel" --preset qwen2.5-0.5b --quant $mix --ascii-output --quiet -o "$m"
-	"$bin/orcd" generate -m "$m" -p "Once upon a time" -n 64 --temp 0 --ids --backend cpu \
-	    > "$out/greedy-cpu-$mix.txt" 2>"$out/greedy-cpu-$mix.err"
-	"$bin/orcd" generate -m "$m" -p "Once upon a time" -n 64 --temp 0 --ids --backend cuda \
-	    > "$out/greedy-cuda-$mix.txt" 2>"$out/greedy-cuda-$mix.err"
+	for be in cpu cuda; do
+		"$bin/orcd" generate -m "$m" -p "Once upon a time" -n 64 --temp 0 --ids --backend $be \
+		    --dump-logits "/tmp/logits-$be-$mix.txt" > "$out/greedy-$be-$mix.txt" \
+		    2>"$out/greedy-$be-$mix.err"
+	done
+	# first-step logits: max |diff|, relative L2 error, and the top-2 gap on the CPU
+	paste "/tmp/logits-cpu-$mix.txt" "/tmp/logits-cuda-$mix.txt" | awk -v mix=$mix '
+	    { d = $1 - $2; if (d < 0) d = -d; if (d > md) md = d; se += d * d; sr += $1 * $1;
+	      if (NR == 1 || $1 > b1) { b2 = b1; b1 = $1; i1 = NR - 1 } else if (NR == 2 || $1 > b2) b2 = $1;
+	      if (NR == 1 || $2 > g1) { g1 = $2; j1 = NR - 1 } }
+	    END { printf "%s: first-step logits max |cpu-gpu| %.3g, relative L2 %.3g; argmax cpu %d gpu %d; cpu top-2 gap %.4g\n", mix, md, sqrt(se / sr), i1, j1, b1 - b2 }' |
+	    tee -a "$out/greedy.txt"
 	awk -v mix=$mix 'NR==FNR {for (i=1;i<=NF;i++) a[i]=$i; n=NF; next}
 	    {for (i=1;i<=NF && i<=n;i++) if ($i != a[i]) {printf "%s: CPU and GPU differ first at token %d (%s vs %s)\n", mix, i-1, a[i], $i; bad=1; exit}
 	     if (!bad) printf "%s: CPU and GPU agree on all %d greedy tokens\n", mix, n}' \
 	    "$out/greedy-cpu-$mix.txt" "$out/greedy-cuda-$mix.txt" | tee -a "$out/greedy.txt"
 	tail -n 1 "$out/greedy-cuda-$mix.err"
 done
+# served end to end on the GPU: 32 concurrent SSE streams, /health probed
+m=/tmp/qwen05-q4_k_m.gguf
+rm -f /tmp/orcd-gpu.ready
+"$bin/orcd" serve -m "$m" --backend cuda --listen 127.0.0.1:0 --ready-file /tmp/orcd-gpu.ready \
+    --log-level warn > "$out/serve.log" 2>&1 &
+spid=$!
+for i in $(seq 1 200); do [ -f /tmp/orcd-gpu.ready ] && break; sleep 0.1; done
+port=$(sed -n 's/^port=//p' /tmp/orcd-gpu.ready)
+if [ -n "$port" ]; then
+	"$bin/loadgen" --port "$port" -c 32 -n 256 -m 128 --ignore-eos --health-rps 200 \
+	    --prompt-tokens 128 > "$out/serve-loadgen.txt" 2>&1
+	python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:$port/metrics').read().decode())" \
+	    > "$out/serve-metrics.txt" 2>&1
+	grep -E "tokens/s|ttft|inter|health" "$out/serve-loadgen.txt" | head -n 12
+	grep -E "^orcd_loop_lag_max_seconds|^orcd_requests_total" "$out/serve-metrics.txt"
+	kill -TERM $spid; wait $spid
+else
+	echo "serve did not start"; tail -n 5 "$out/serve.log"; kill $spid
+fi
 echo "gpu checks: $pass passed, $fail failed"

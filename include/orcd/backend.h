@@ -44,6 +44,8 @@ struct backend_step {
 	int status;                /* 0, or -1 with err */
 	struct orcd_err err;
 	double t_start, t_end;     /* monotonic seconds, set by the backend */
+	float *logits_out;         /* NULL, or host memory for the logits rows of
+	                            * the sampled sequences (in order), n_vocab each */
 	void *arg;                 /* the submitter's */
 };
 

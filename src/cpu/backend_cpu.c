@@ -142,6 +142,9 @@ run_step(struct cpu_backend *cb, struct backend_step *st)
 	}
 	struct sample_job sj = { .cb = cb, .st = st };
 	pool_run(cpu_engine_pool(cb->engine), sample_task, &sj, k);
+	if (st->logits_out != NULL)
+		memcpy(st->logits_out, cb->logits,
+		    (size_t)k * (size_t)cb->b.model->hp.n_vocab * sizeof(float));
 done:
 	st->t_end = orcd_now();
 	cq_push(cb->b.cq, &st->cq);
