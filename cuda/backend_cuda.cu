@@ -429,6 +429,8 @@ forward(struct cuda_backend *cb, struct backend_step *st, int n_tok, int n_out, 
 		act_set(cb, &ac, cb->gate, F, n_tok, F);
 		R(mm(cb, &ac, &L->down, cb->x, E, cb->x));
 	}
+	if (n_out == 0)
+		return 0; /* a step of prompt chunks that sample nothing yet */
 	gather_rows<<<n_out, 256, 0, s>>>(cb->x, E, cb->d_rows, n_out, E, cb->xo);
 	R(cudaGetLastError());
 	R(cuda_rmsnorm(cb->xo, E, cb->output_norm, n_out, E, hp->rms_eps, cb->xo, E, s));
@@ -514,9 +516,8 @@ run_step(struct cuda_backend *cb, struct cuda_job *j)
 			cb->h.rows[n_out++] = n - 1;
 		}
 	}
-	if (n == 0 || n_out == 0) {
-		orcd_errf(&st->err, "cuda backend: a step needs tokens and at least one sampled "
-		    "sequence");
+	if (n == 0) {
+		orcd_errf(&st->err, "cuda backend: empty step");
 		goto fail;
 	}
 	{
@@ -532,12 +533,12 @@ run_step(struct cuda_backend *cb, struct cuda_job *j)
 		    s)) != 0 ||
 		    (rc = cudaMemcpyAsync(cb->d_pos, cb->h.pos, (size_t)n * 4, cudaMemcpyHostToDevice,
 		    s)) != 0 ||
-		    (rc = cudaMemcpyAsync(cb->d_rows, cb->h.rows, (size_t)n_out * 4,
-		    cudaMemcpyHostToDevice, s)) != 0)
+		    (n_out > 0 && (rc = cudaMemcpyAsync(cb->d_rows, cb->h.rows, (size_t)n_out * 4,
+		    cudaMemcpyHostToDevice, s)) != 0))
 			goto cuda_error;
 		if ((rc = forward(cb, st, n, n_out, max_len)) != 0)
 			goto cuda_error;
-		if ((rc = cudaMemcpyAsync(cb->h_ids, cb->d_ids, (size_t)n_out * 4,
+		if (n_out > 0 && (rc = cudaMemcpyAsync(cb->h_ids, cb->d_ids, (size_t)n_out * 4,
 		    cudaMemcpyDeviceToHost, s)) != 0)
 			goto cuda_error;
 		/* logits to the host when a sequence is sampled there (or the
@@ -545,7 +546,7 @@ run_step(struct cuda_backend *cb, struct cuda_job *j)
 		bool want = st->logits_out != NULL;
 		for (int i = 0; i < st->n_seqs && !want; i++)
 			want = st->seqs[i].sampler != NULL && !sampler_is_greedy(st->seqs[i].sampler);
-		if (want && (rc = cudaMemcpyAsync(cb->h_logits, cb->logits,
+		if (want && n_out > 0 && (rc = cudaMemcpyAsync(cb->h_logits, cb->logits,
 		    (size_t)n_out * n_vocab * 4, cudaMemcpyDeviceToHost, s)) != 0)
 			goto cuda_error;
 		if ((rc = cudaLaunchHostFunc(s, step_done, j)) != 0)

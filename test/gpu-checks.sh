@@ -20,8 +20,10 @@ if [ "${1:-}" = "--bundle" ]; then
 	exit 0
 fi
 here=$(cd "$(dirname "$0")" && pwd)
-out=${OUT:-$PWD/gpu-out}
-mkdir -p "$out"
+top_out=${OUT:-$PWD/gpu-out}
+out=/tmp/gpu-logs
+rm -rf "$out"
+mkdir -p "$out" "$top_out"
 export LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export ORCD_TEST_MODELS="$here/models" ORCD_BIN="$here/bin/orcd"
 bin=$here/bin
@@ -84,3 +86,4 @@ else
 	echo "serve did not start"; tail -n 5 "$out/serve.log"; kill $spid
 fi
 echo "gpu checks: $pass passed, $fail failed"
+tar -czf "$top_out/gpu-logs.tar.gz" -C /tmp gpu-logs
