@@ -275,7 +275,9 @@ att_plan_for(int n_tok, int n_head, int hd, int max_len, int split_len,
 	att_plan p;
 	int ns = 1;
 
-	if (split_len > 0) {
+	if (split_len >= max_len && max_len <= single_max) {
+		ns = 1;			/* forced: no split */
+	} else if (split_len > 0) {
 		int sl = split_len < ATT_MIN_SPLIT ? ATT_MIN_SPLIT : split_len;
 
 		sl = round_up(sl < ATT_SPLIT_MAX ? sl : ATT_SPLIT_MAX, 32);

@@ -14,6 +14,9 @@
  */
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <new>
+
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,9 +105,9 @@ struct cuda_backend {
 	STAILQ_HEAD(, cuda_job) jobs;
 	bool quit;
 
-	/* residency: set by load and the monitor */
-	bool resident;
-	double t_checked;
+	/* residency: set by load and the monitor thread, read by /health */
+	std::atomic<bool> resident;
+	std::atomic<double> t_checked;
 	double load_seconds, load_gbps;
 };
 
@@ -678,6 +681,7 @@ cuda_destroy(struct backend *b)
 	free(cb->slot_used);
 	pthread_mutex_destroy(&cb->mu);
 	pthread_cond_destroy(&cb->cv);
+	cb->~cuda_backend();
 	free(cb);
 }
 
@@ -740,7 +744,9 @@ extern "C" int
 backend_cuda_new(const struct model *m, const struct backend_cuda_opts *o, struct cq *cq,
     struct backend **out, struct orcd_err *err)
 {
-	struct cuda_backend *cb = (struct cuda_backend *)calloc(1, sizeof(*cb));
+	void *mem = calloc(1, sizeof(struct cuda_backend));
+	/* placement new: the struct holds std::atomic members */
+	struct cuda_backend *cb = mem ? new (mem) cuda_backend() : NULL;
 	const struct model_hparams *hp = &m->hp;
 	struct vram_config vc;
 	cudaDeviceProp prop;

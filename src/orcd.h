@@ -21,6 +21,7 @@ struct sched;
 struct server;
 struct metrics;
 struct orcd_metrics;
+struct orcd_monitor;
 
 enum orcd_phase {
 	ORCD_LOADING,     /* listener up, model loading on a thread */
@@ -73,6 +74,7 @@ struct orcd {
 	int n_signals;
 	int exit_code;
 	uint64_t next_id;        /* connection / request ids */
+	struct orcd_monitor *monitor; /* residency re-verification thread */
 	orcd_trace_fn trace;     /* NULL except in tests */
 	void *trace_arg;
 };

@@ -98,12 +98,18 @@ orcd_refresh_health(struct orcd *o)
 	if (o->model != NULL)
 		model[sse_json_escape(o->model->name, strlen(o->model->name) > 40 ? 40 :
 		    strlen(o->model->name), model)] = '\0';
+	/* the backend's cached counters: no device call here */
+	struct backend_health bh = { 0, o->phase == ORCD_READY, 0 };
+	if (o->backend != NULL && o->backend->ops->health != NULL)
+		o->backend->ops->health(o->backend, &bh);
+	double since = bh.checked_at > 0 ? orcd_now() - bh.checked_at : 0.0;
 	n = snprintf(h->json, sizeof(h->json), "{\"status\":\"%s\",\"ready\":%s,"
-	    "\"resident\":%s,\"vram_bytes_used\":%d,\"last_check_secs\":%.3f,"
+	    "\"resident\":%s,\"vram_bytes_used\":%llu,\"last_check_secs\":%.3f,"
 	    "\"model\":\"%s\",\"backend\":\"%s\",\"uptime_s\":%.3f,\"active\":%d,"
 	    "\"queued\":%d,\"connections\":%d}\n", names[o->phase],
 	    o->phase == ORCD_READY ? "true" : "false",
-	    o->phase == ORCD_READY ? "true" : "false", 0, 0.0, model,
+	    o->backend != NULL && bh.resident ? "true" : "false",
+	    (unsigned long long)bh.vram_bytes_used, since, model,
 	    o->backend ? o->backend->ops->name : "none", orcd_now() - o->t_start,
 	    o->sched ? sched_n_active(o->sched) : 0, o->sched ? sched_n_queued(o->sched) : 0,
 	    conn_count(o));
@@ -140,6 +146,118 @@ lag_timer_cb(evutil_socket_t fd, short what, void *arg)
 	if (lag > 0.002)
 		log_debug("event loop stalled for %.3f ms", lag * 1e3);
 	o->lag_expected = now + LAG_INTERVAL_S;
+}
+
+/* ------------------------------------------------------------ monitor */
+
+/* A thread that re-verifies the backend's VRAM residency every
+ * residency-interval seconds (device calls never run on the loop); a
+ * violation goes to the loop, which marks the worker unhealthy. */
+struct orcd_monitor {
+	struct orcd *o;
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool stop;
+};
+
+struct monitor_event {
+	struct cq_item item;
+	struct orcd *o;
+	char msg[512];
+};
+
+static void
+monitor_violation(struct cq_item *item)
+{
+	struct monitor_event *ev = (struct monitor_event *)item;
+	struct orcd *o = ev->o;
+
+	log_error("AUDIT {\"event\":\"residency_violation\",\"model\":\"%s\",\"detail\":\"%s\"}",
+	    o->model ? o->model->name : "", ev->msg);
+	if (o->phase == ORCD_READY) {
+		o->phase = ORCD_FAILED;
+		snprintf(o->load_error, sizeof(o->load_error), "residency violation: %.400s", ev->msg);
+	}
+	orcd_refresh_health(o);
+	free(ev);
+}
+
+static void *
+monitor_main(void *arg)
+{
+	struct orcd_monitor *mon = arg;
+	struct orcd *o = mon->o;
+
+	pthread_mutex_lock(&mon->mu);
+	while (!mon->stop) {
+		struct timespec ts;
+		double when;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		when = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + o->cfg.residency_interval_s;
+		ts.tv_sec = (time_t)when;
+		ts.tv_nsec = (long)((when - (double)ts.tv_sec) * 1e9);
+		pthread_cond_timedwait(&mon->cv, &mon->mu, &ts);
+		if (mon->stop)
+			break;
+		pthread_mutex_unlock(&mon->mu);
+		struct orcd_err err;
+		err.msg[0] = '\0';
+		int v = o->backend->ops->verify(o->backend, &err);
+		if (v != 0) {
+			struct monitor_event *ev = calloc(1, sizeof(*ev));
+
+			if (ev != NULL) {
+				ev->item.fn = monitor_violation;
+				ev->o = o;
+				snprintf(ev->msg, sizeof(ev->msg), "%d allocation(s): %s", v, err.msg);
+				cq_push(o->cq, &ev->item);
+			}
+		}
+		pthread_mutex_lock(&mon->mu);
+	}
+	pthread_mutex_unlock(&mon->mu);
+	return NULL;
+}
+
+static void
+monitor_start(struct orcd *o)
+{
+	struct orcd_monitor *mon;
+
+	if (o->backend->ops->verify == NULL || o->cfg.residency_interval_s <= 0)
+		return;
+	mon = calloc(1, sizeof(*mon));
+	if (mon == NULL)
+		return;
+	mon->o = o;
+	pthread_mutex_init(&mon->mu, NULL);
+	pthread_cond_init(&mon->cv, NULL);
+	if (pthread_create(&mon->thread, NULL, monitor_main, mon) != 0) {
+		log_warn("cannot start the residency monitor thread");
+		free(mon);
+		return;
+	}
+	o->monitor = mon;
+}
+
+static void
+monitor_stop(struct orcd *o)
+{
+	struct orcd_monitor *mon = o->monitor;
+
+	if (mon == NULL)
+		return;
+	pthread_mutex_lock(&mon->mu);
+	mon->stop = true;
+	pthread_cond_signal(&mon->cv);
+	pthread_mutex_unlock(&mon->mu);
+	pthread_join(mon->thread, NULL);
+	pthread_mutex_destroy(&mon->mu);
+	pthread_cond_destroy(&mon->cv);
+	free(mon);
+	o->monitor = NULL;
 }
 
 /* ------------------------------------------------------------ loading */
@@ -195,6 +313,7 @@ load_done(struct cq_item *item)
 		return;
 	}
 	o->phase = ORCD_READY;
+	monitor_start(o);
 	orcd_refresh_health(o);
 	log_info("ready: backend %s, context %d per request, max batch %d, listening on port %d",
 	    o->backend->ops->name, o->cfg.ctx_size, o->cfg.max_batch, server_port(o));
@@ -379,6 +498,7 @@ orcd_init(struct orcd *o, struct orcd_err *err)
 void
 orcd_fini(struct orcd *o)
 {
+	monitor_stop(o);
 	server_free(o);
 	if (o->backend != NULL)
 		o->backend->ops->destroy(o->backend);

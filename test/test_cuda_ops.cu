@@ -976,9 +976,15 @@ test_attention(void)
 		test_attention_one(qwen, dseq, dpos, split, "decode 4 seqs");
 	for (int split : { 0, 256 })
 		test_attention_one(qwen, pseq, ppos, split, "prefill 64 tokens");
+	/* 100000: one block per (token, head), 128 KB of shared memory */
 	for (int split : { 0, 100000 })
 		test_attention_one(qwen_long, { 0 }, { 32767 }, split,
 		    "decode at 32768");
+	/* enough (token, head) pairs not to split: the same large path */
+	std::vector<int> lseq(16, 0), lpos(16);
+	for (int i = 0; i < 16; i++)
+		lpos[i] = 20000 + i;
+	test_attention_one(qwen_long, lseq, lpos, 0, "prefill at 20000");
 	for (int split : { 0, 64 })
 		test_attention_one(tiny, { 0, 1, 2 }, { 4, 49, 499 }, split,
 		    "decode 3 seqs");

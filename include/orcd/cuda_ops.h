@@ -116,7 +116,8 @@ int cuda_rope_kv(int n_tok, int n_head, int n_head_kv, int head_dim,
  * (flash-decoding style: split maxima, then sums, then weighted values,
  * combined exactly in that order so the rounding points stay those of
  * the CPU); split_len = 0 chooses the split for this device, > 0 forces
- * that many positions per split (at least 64, at most 8192).  workspace
+ * that many positions per split (at least 64, at most 8192; split_len >=
+ * max_len: no split where the context fits in shared memory).  workspace
  * (16-byte aligned) must hold cuda_attention_workspace_bytes() of the same
  * head counts and split_len on the same device; the size returned for
  * (n_tok, max_len) covers every call with at most n_tok tokens and at most
