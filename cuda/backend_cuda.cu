@@ -3,7 +3,7 @@
  * activations in VRAM only, every allocation through the VRAM tracker.
  *
  * Threads: the loop thread only queues steps (no CUDA call there, so it
- * never blocks on the GPU); an enqueue thread launches a step's kernels on
+ * never blocks on the GPU); an enqueue thread (worker.h) launches a step's kernels on
  * one stream and ends it with cudaLaunchHostFunc, whose callback samples
  * (greedy on the GPU; other samplers on the host from the copied logits,
  * with the very sampler the CPU backend uses, so the same seed gives the
@@ -17,11 +17,9 @@
 #include <atomic>
 #include <new>
 
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/queue.h>
 #include <time.h>
 
 extern "C" {
@@ -34,6 +32,7 @@ extern "C" {
 #include "model.h"
 #include "orcd.h"
 #include "sampler.h"
+#include "worker.h"
 }
 
 #define STAGING_BYTES (32u << 20)
@@ -55,7 +54,6 @@ struct backend_seq {
 };
 
 struct cuda_job {
-	STAILQ_ENTRY(cuda_job) link;
 	struct backend_step *st;
 	struct cuda_backend *cb;
 };
@@ -98,12 +96,7 @@ struct cuda_backend {
 	float *h_logits;            /* rows of sampled (non-greedy) sequences */
 	int max_host_logits;
 
-	/* enqueue thread */
-	pthread_t thread;
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	STAILQ_HEAD(, cuda_job) jobs;
-	bool quit;
+	struct worker *thread;      /* the enqueue thread */
 
 	/* residency: set by load and the monitor thread, read by /health */
 	std::atomic<bool> resident;
@@ -565,28 +558,16 @@ fail:
 	free(j);
 }
 
-static void *
-enqueue_main(void *arg)
+static void
+enqueue_start(void *arg)
 {
-	struct cuda_backend *cb = (struct cuda_backend *)arg;
+	cudaSetDevice(((struct cuda_backend *)arg)->device);
+}
 
-	cudaSetDevice(cb->device);
-	pthread_mutex_lock(&cb->mu);
-	for (;;) {
-		struct cuda_job *j;
-
-		while (STAILQ_EMPTY(&cb->jobs) && !cb->quit)
-			pthread_cond_wait(&cb->cv, &cb->mu);
-		if (cb->quit)
-			break;
-		j = STAILQ_FIRST(&cb->jobs);
-		STAILQ_REMOVE_HEAD(&cb->jobs, link);
-		pthread_mutex_unlock(&cb->mu);
-		run_step(cb, j);
-		pthread_mutex_lock(&cb->mu);
-	}
-	pthread_mutex_unlock(&cb->mu);
-	return NULL;
+static void
+enqueue_job(void *arg, void *job)
+{
+	run_step((struct cuda_backend *)arg, (struct cuda_job *)job);
 }
 
 /* ------------------------------------------------------------ ops */
@@ -644,10 +625,10 @@ cuda_step(struct backend *b, struct backend_step *st, struct orcd_err *err)
 		return orcd_errf(err, "cuda backend: out of memory");
 	j->st = st;
 	j->cb = cb;
-	pthread_mutex_lock(&cb->mu);
-	STAILQ_INSERT_TAIL(&cb->jobs, j, link);
-	pthread_cond_signal(&cb->cv);
-	pthread_mutex_unlock(&cb->mu);
+	if (worker_push(cb->thread, j, err) != 0) {
+		free(j);
+		return -1;
+	}
 	return 0;
 }
 
@@ -659,13 +640,7 @@ cuda_destroy(struct backend *b)
 	if (b == NULL)
 		return;
 	cb = (struct cuda_backend *)b->impl;
-	if (cb->thread) {
-		pthread_mutex_lock(&cb->mu);
-		cb->quit = true;
-		pthread_cond_signal(&cb->cv);
-		pthread_mutex_unlock(&cb->mu);
-		pthread_join(cb->thread, NULL);
-	}
+	worker_stop(cb->thread);
 	if (cb->stream != NULL) {
 		cudaStreamSynchronize(cb->stream);
 		cudaStreamDestroy(cb->stream);
@@ -679,8 +654,6 @@ cuda_destroy(struct backend *b)
 	}
 	free(cb->layers);
 	free(cb->slot_used);
-	pthread_mutex_destroy(&cb->mu);
-	pthread_cond_destroy(&cb->cv);
 	cb->~cuda_backend();
 	free(cb);
 }
@@ -755,9 +728,6 @@ backend_cuda_new(const struct model *m, const struct backend_cuda_opts *o, struc
 	*out = NULL;
 	if (cb == NULL)
 		return orcd_errf(err, "cuda backend: out of memory");
-	pthread_mutex_init(&cb->mu, NULL);
-	pthread_cond_init(&cb->cv, NULL);
-	STAILQ_INIT(&cb->jobs);
 	cb->b.ops = &cuda_ops;
 	cb->b.model = m;
 	cb->b.cq = cq;
@@ -807,10 +777,8 @@ backend_cuda_new(const struct model *m, const struct backend_cuda_opts *o, struc
 		goto fail;
 	}
 	vram_mark_baseline(cb->vram);
-	if (pthread_create(&cb->thread, NULL, enqueue_main, cb) != 0) {
-		orcd_errf(err, "cuda backend: cannot start the enqueue thread");
+	if ((cb->thread = worker_start(enqueue_job, enqueue_start, cb, err)) == NULL)
 		goto fail;
-	}
 	{
 		struct vram_stats vs;
 

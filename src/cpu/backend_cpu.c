@@ -5,7 +5,6 @@
  * sequence that wants one and pushes the step back to the loop through the
  * completion queue.  The loop thread never computes.
  */
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
@@ -17,6 +16,7 @@
 #include "model.h"
 #include "orcd.h"
 #include "sampler.h"
+#include "worker.h"
 
 struct backend_seq {
 	struct cpu_kv kv;
@@ -29,19 +29,10 @@ struct backend_seq {
 #define KV_ROUND 512
 #define KV_CACHE_BYTES (256ull << 20)
 
-struct job {
-	STAILQ_ENTRY(job) link;
-	struct backend_step *st;
-};
-
 struct cpu_backend {
 	struct backend b;
 	struct cpu_engine *engine;
-	pthread_t thread;
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	STAILQ_HEAD(, job) jobs;
-	bool quit;
+	struct worker *thread;     /* the engine thread */
 	/* engine-thread scratch */
 	int cap_tokens;
 	int32_t *tokens, *pos;
@@ -150,28 +141,10 @@ done:
 	cq_push(cb->b.cq, &st->cq);
 }
 
-static void *
-engine_main(void *arg)
+static void
+engine_job(void *arg, void *job)
 {
-	struct cpu_backend *cb = arg;
-
-	pthread_mutex_lock(&cb->mu);
-	for (;;) {
-		struct job *j;
-
-		while (STAILQ_EMPTY(&cb->jobs) && !cb->quit)
-			pthread_cond_wait(&cb->cv, &cb->mu);
-		if (cb->quit)
-			break;
-		j = STAILQ_FIRST(&cb->jobs);
-		STAILQ_REMOVE_HEAD(&cb->jobs, link);
-		pthread_mutex_unlock(&cb->mu);
-		run_step(cb, j->st);
-		free(j);
-		pthread_mutex_lock(&cb->mu);
-	}
-	pthread_mutex_unlock(&cb->mu);
-	return NULL;
+	run_step(arg, job);
 }
 
 static int
@@ -239,16 +212,8 @@ static int
 cpu_step(struct backend *b, struct backend_step *st, struct orcd_err *err)
 {
 	struct cpu_backend *cb = b->impl;
-	struct job *j = malloc(sizeof(*j));
 
-	if (j == NULL)
-		return orcd_errf(err, "cpu backend: out of memory");
-	j->st = st;
-	pthread_mutex_lock(&cb->mu);
-	STAILQ_INSERT_TAIL(&cb->jobs, j, link);
-	pthread_cond_signal(&cb->cv);
-	pthread_mutex_unlock(&cb->mu);
-	return 0;
+	return worker_push(cb->thread, st, err);
 }
 
 static void
@@ -259,17 +224,7 @@ cpu_destroy(struct backend *b)
 	if (b == NULL)
 		return;
 	cb = b->impl;
-	pthread_mutex_lock(&cb->mu);
-	cb->quit = true;
-	pthread_cond_signal(&cb->cv);
-	pthread_mutex_unlock(&cb->mu);
-	pthread_join(cb->thread, NULL);
-	while (!STAILQ_EMPTY(&cb->jobs)) {
-		struct job *j = STAILQ_FIRST(&cb->jobs);
-
-		STAILQ_REMOVE_HEAD(&cb->jobs, link);
-		free(j);
-	}
+	worker_stop(cb->thread);
 	while (cb->free_seqs != NULL) {
 		struct backend_seq *s = cb->free_seqs;
 
@@ -280,8 +235,6 @@ cpu_destroy(struct backend *b)
 	free(cb->tokens); free(cb->pos); free(cb->kvs); free(cb->want);
 	free(cb->logits);
 	free(cb->sample_seq);
-	pthread_mutex_destroy(&cb->mu);
-	pthread_cond_destroy(&cb->cv);
 	free(cb);
 }
 
@@ -317,17 +270,14 @@ backend_cpu_new(const struct model *m, int n_threads, struct cq *cq,
 	cb->b.model = m;
 	cb->b.cq = cq;
 	cb->b.impl = cb;
-	STAILQ_INIT(&cb->jobs);
-	pthread_mutex_init(&cb->mu, NULL);
-	pthread_cond_init(&cb->cv, NULL);
 	if (cpu_engine_new(m, n_threads, &cb->engine, err) != 0) {
 		free(cb);
 		return -1;
 	}
-	if (pthread_create(&cb->thread, NULL, engine_main, cb) != 0) {
+	if ((cb->thread = worker_start(engine_job, NULL, cb, err)) == NULL) {
 		cpu_engine_free(cb->engine);
 		free(cb);
-		return orcd_errf(err, "cpu backend: cannot start the engine thread");
+		return -1;
 	}
 	*out = &cb->b;
 	return 0;
