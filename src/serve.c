@@ -143,7 +143,10 @@ lag_timer_cb(evutil_socket_t fd, short what, void *arg)
 		o->lag_max = lag;
 		metric_gauge_set(o->m->loop_lag_max, lag);
 	}
-	if (lag > 0.002)
+	if (lag > 0.010)
+		log_warn("event loop stalled for %.1f ms (%s)", lag * 1e3,
+		    o->phase == ORCD_READY ? "serving" : "not serving yet");
+	else if (lag > 0.002)
 		log_debug("event loop stalled for %.3f ms", lag * 1e3);
 	o->lag_expected = now + LAG_INTERVAL_S;
 }
