@@ -36,6 +36,14 @@ extern "C" {
 }
 
 #define STAGING_BYTES (32u << 20)
+/* Steps of at most GRAPH_MAX_TOKENS tokens (decode and small prompt
+ * chunks) run as CUDA graphs, one per shape (tokens, sampled rows,
+ * context bucket, logits copied or not), at most GRAPH_CACHE of them. */
+#define GRAPH_MAX_TOKENS 64
+#define GRAPH_CACHE 128
+/* Attention is planned for the longest context rounded up to this, so one
+ * graph serves LEN_BUCKET consecutive positions. */
+#define LEN_BUCKET 256
 
 struct cuda_weight {
 	int type;
@@ -82,16 +90,29 @@ struct cuda_backend {
 	size_t act_cap;
 	void *att_ws;
 	size_t att_ws_bytes;
-	int *d_tok, *d_pos, *d_rows, *d_ids;
-	uint16_t **d_kptr, **d_vptr;
+	int *d_ids;
 
-	/* pinned host IO (one step in flight at a time) */
+	/* A step's inputs, packed for one copy: kptr[n] | vptr[n] | tok[n] |
+	 * pos[n] | rows[n_out] (io_layout); the same layout in pinned host
+	 * memory (h_in) and device memory (d_in).  One step in flight at a
+	 * time, so one of each. */
 	struct io_in {
 		int *tok, *pos, *rows;
 		uint16_t **kptr, **vptr;
-	} h;
-	void *h_in;
+	} h, d;
+	void *h_in, *d_in;
 	size_t h_in_bytes;
+
+	/* CUDA graphs of small steps (decode), by shape */
+	bool graphs;
+	struct graph_entry {
+		int n, n_out, len;
+		bool want_logits;
+		cudaGraphExec_t exec;
+		uint64_t used;
+	} graph[GRAPH_CACHE];
+	uint64_t graph_clock;
+	std::atomic<unsigned long> graph_launches, graph_captures;
 	int *h_ids;
 	float *h_logits;            /* rows of sampled (non-greedy) sequences */
 	int max_host_logits;
@@ -283,28 +304,31 @@ alloc_scratch(struct cuda_backend *cb, struct orcd_err *err)
 	    alloc_dev(cb, cb->act_cap, VRAM_SCRATCH, "act0", &cb->act[0], err) ||
 	    alloc_dev(cb, cb->act_cap, VRAM_SCRATCH, "act1", &cb->act[1], err) ||
 	    alloc_dev(cb, cb->att_ws_bytes, VRAM_SCRATCH, "attention workspace", &cb->att_ws, err) ||
-	    alloc_dev(cb, T * 4, VRAM_IO, "tokens", (void **)&cb->d_tok, err) ||
-	    alloc_dev(cb, T * 4, VRAM_IO, "positions", (void **)&cb->d_pos, err) ||
-	    alloc_dev(cb, L * 4, VRAM_IO, "logit rows", (void **)&cb->d_rows, err) ||
-	    alloc_dev(cb, L * 4, VRAM_IO, "sampled ids", (void **)&cb->d_ids, err) ||
-	    alloc_dev(cb, T * sizeof(void *), VRAM_IO, "k pointers", (void **)&cb->d_kptr, err) ||
-	    alloc_dev(cb, T * sizeof(void *), VRAM_IO, "v pointers", (void **)&cb->d_vptr, err))
+	    alloc_dev(cb, L * 4, VRAM_IO, "sampled ids", (void **)&cb->d_ids, err))
 		return -1;
-	/* pinned host side of the step inputs and outputs */
+	/* the step inputs, pinned on the host and on the device */
 	cb->h_in_bytes = T * (4 + 4 + 2 * sizeof(void *)) + L * 4;
-	if (vram_alloc_io_pinned(cb->vram, cb->h_in_bytes, "step inputs", &cb->h_in, err) != 0 ||
+	if (alloc_dev(cb, cb->h_in_bytes, VRAM_IO, "step inputs", &cb->d_in, err) != 0 ||
+	    vram_alloc_io_pinned(cb->vram, cb->h_in_bytes, "step inputs", &cb->h_in, err) != 0 ||
 	    vram_alloc_io_pinned(cb->vram, L * 4, "sampled ids", (void **)&cb->h_ids, err) != 0)
 		return -1;
-	uint8_t *p = (uint8_t *)cb->h_in;
-	cb->h.kptr = (uint16_t **)p; p += T * sizeof(void *);
-	cb->h.vptr = (uint16_t **)p; p += T * sizeof(void *);
-	cb->h.tok = (int *)p; p += T * 4;
-	cb->h.pos = (int *)p; p += T * 4;
-	cb->h.rows = (int *)p;
 	/* host copies of logits for host-side sampling (rare: non-greedy) */
 	cb->max_host_logits = cb->max_out;
 	CK(cudaMallocHost((void **)&cb->h_logits, L * (size_t)hp->n_vocab * 4), "pinned logits");
 	return 0;
+}
+
+/* The packed step inputs for n tokens at base (see struct io_in). */
+static void
+io_layout(void *base, int n, struct cuda_backend::io_in *io)
+{
+	uint8_t *p = (uint8_t *)base;
+
+	io->kptr = (uint16_t **)p; p += (size_t)n * sizeof(void *);
+	io->vptr = (uint16_t **)p; p += (size_t)n * sizeof(void *);
+	io->tok = (int *)p; p += (size_t)n * 4;
+	io->pos = (int *)p; p += (size_t)n * 4;
+	io->rows = (int *)p;
 }
 
 /* ------------------------------------------------------------ forward */
@@ -387,7 +411,7 @@ mm(struct cuda_backend *cb, struct act_cache *ac, const cuda_weight *w, float *o
 
 /* Enqueues the whole step; returns a cudaError_t value. */
 static int
-forward(struct cuda_backend *cb, struct backend_step *st, int n_tok, int n_out, int max_len)
+forward(struct cuda_backend *cb, int n_tok, int n_out, int max_len)
 {
 	const struct model_hparams *hp = &cb->m->hp;
 	const int E = hp->n_embd, F = hp->n_ff;
@@ -398,7 +422,7 @@ forward(struct cuda_backend *cb, struct backend_step *st, int n_tok, int n_out, 
 
 #define R(x) do { if ((rc = (x)) != 0) return rc; } while (0)
 	R(cuda_embed(cb->tok_embd.type, cb->tok_embd.d, cb->tok_embd.row_bytes, hp->n_vocab, E,
-	    cb->d_tok, n_tok, cb->x, E, s));
+	    cb->d.tok, n_tok, cb->x, E, s));
 	for (int il = 0; il < hp->n_layer; il++) {
 		const cuda_layer *L = &cb->layers[il];
 		size_t layer_off = (size_t)il * cb->slot_ctx * cb->kv_dim;
@@ -410,10 +434,10 @@ forward(struct cuda_backend *cb, struct backend_step *st, int n_tok, int n_out, 
 		R(mm(cb, &ac, &L->wv, cb->v, kd, NULL));
 		R(cuda_rope_kv(n_tok, hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_rot,
 		    hp->rope_type == MODEL_ROPE_NEOX, hp->rope_freq_base, hp->rope_freq_scale,
-		    cb->d_pos, cb->q, qd, cb->k, kd, cb->v, kd, L->bq, L->bk, L->bv, cb->d_kptr,
-		    cb->d_vptr, layer_off, cb->slot_ctx, s));
-		R(cuda_attention(n_tok, hp->n_head, hp->n_head_kv, hp->head_dim, cb->d_pos, cb->q, qd,
-		    cb->d_kptr, cb->d_vptr, layer_off, cb->slot_ctx, max_len, 0, cb->att_ws,
+		    cb->d.pos, cb->q, qd, cb->k, kd, cb->v, kd, L->bq, L->bk, L->bv, cb->d.kptr,
+		    cb->d.vptr, layer_off, cb->slot_ctx, s));
+		R(cuda_attention(n_tok, hp->n_head, hp->n_head_kv, hp->head_dim, cb->d.pos, cb->q, qd,
+		    cb->d.kptr, cb->d.vptr, layer_off, cb->slot_ctx, max_len, 0, cb->att_ws,
 		    cb->att_ws_bytes, cb->att, qd, s));
 		act_set(cb, &ac, cb->att, qd, n_tok, qd);
 		R(mm(cb, &ac, &L->wo, cb->x, E, cb->x));
@@ -427,14 +451,13 @@ forward(struct cuda_backend *cb, struct backend_step *st, int n_tok, int n_out, 
 	}
 	if (n_out == 0)
 		return 0; /* a step of prompt chunks that sample nothing yet */
-	gather_rows<<<n_out, 256, 0, s>>>(cb->x, E, cb->d_rows, n_out, E, cb->xo);
+	gather_rows<<<n_out, 256, 0, s>>>(cb->x, E, cb->d.rows, n_out, E, cb->xo);
 	R(cudaGetLastError());
 	R(cuda_rmsnorm(cb->xo, E, cb->output_norm, n_out, E, hp->rms_eps, cb->xo, E, s));
 	act_set(cb, &ac, cb->xo, E, n_out, E);
 	R(mm(cb, &ac, &cb->output, cb->logits, hp->n_vocab, NULL));
 	R(cuda_argmax(cb->logits, hp->n_vocab, n_out, hp->n_vocab, cb->d_ids, s));
 #undef R
-	(void)st;
 	return 0;
 }
 
@@ -467,29 +490,178 @@ step_done(void *arg)
 	free(j);
 }
 
+/* What a step puts on the stream: the copy of its inputs, the forward
+ * pass, the copies of its outputs.  Returns a cudaError_t value. */
+static int
+enqueue_body(struct cuda_backend *cb, int n, int n_out, int len, bool want_logits)
+{
+	cudaStream_t s = cb->stream;
+	size_t in_bytes = (size_t)n * (2 * sizeof(void *) + 8) + (size_t)n_out * 4;
+	int rc;
+
+	if ((rc = cudaMemcpyAsync(cb->d_in, cb->h_in, in_bytes, cudaMemcpyHostToDevice, s)) != 0 ||
+	    (rc = forward(cb, n, n_out, len)) != 0)
+		return rc;
+	if (n_out > 0 && (rc = cudaMemcpyAsync(cb->h_ids, cb->d_ids, (size_t)n_out * 4,
+	    cudaMemcpyDeviceToHost, s)) != 0)
+		return rc;
+	if (want_logits && n_out > 0 && (rc = cudaMemcpyAsync(cb->h_logits, cb->logits,
+	    (size_t)n_out * cb->m->hp.n_vocab * 4, cudaMemcpyDeviceToHost, s)) != 0)
+		return rc;
+	return 0;
+}
+
+/*
+ * The graph of this shape, captured (and instantiated) on first use; the
+ * least recently used one makes room when the cache is full.  Every
+ * pointer the body uses is fixed for a shape (io_layout depends on n
+ * only), and the data behind them (tokens, positions, KV rows) is read by
+ * the kernels at run time, so a graph replays for every step of its shape.
+ */
+static cudaGraphExec_t
+graph_for(struct cuda_backend *cb, int n, int n_out, int len, bool want_logits, int *rc)
+{
+	struct cuda_backend::graph_entry *g = NULL, *victim = &cb->graph[0];
+	cudaGraph_t graph = NULL;
+	cudaError_t e;
+	int body;
+
+	for (int i = 0; i < GRAPH_CACHE; i++) {
+		struct cuda_backend::graph_entry *c = &cb->graph[i];
+
+		if (c->exec != NULL && c->n == n && c->n_out == n_out && c->len == len &&
+		    c->want_logits == want_logits) {
+			g = c;
+			break;
+		}
+		if (c->exec == NULL ? victim->exec != NULL : victim->exec != NULL &&
+		    c->used < victim->used)
+			victim = c;
+	}
+	if (g != NULL) {
+		g->used = ++cb->graph_clock;
+		return g->exec;
+	}
+	if ((e = cudaStreamBeginCapture(cb->stream, cudaStreamCaptureModeThreadLocal)) != 0) {
+		*rc = e;
+		return NULL;
+	}
+	body = enqueue_body(cb, n, n_out, len, want_logits);
+	e = cudaStreamEndCapture(cb->stream, &graph);
+	if (body != 0 || e != cudaSuccess) {
+		if (graph != NULL)
+			cudaGraphDestroy(graph);
+		*rc = body != 0 ? body : e;
+		return NULL;
+	}
+	if (victim->exec != NULL) /* freed once a launch in flight is done */
+		cudaGraphExecDestroy(victim->exec);
+	victim->exec = NULL;
+	e = cudaGraphInstantiate(&victim->exec, graph, 0);
+	cudaGraphDestroy(graph);
+	if (e != cudaSuccess) {
+		victim->exec = NULL;
+		*rc = e;
+		return NULL;
+	}
+	victim->n = n;
+	victim->n_out = n_out;
+	victim->len = len;
+	victim->want_logits = want_logits;
+	victim->used = ++cb->graph_clock;
+	cb->graph_captures++;
+	log_debug("cuda: graph captured for %d tokens, %d sampled, context %d%s", n, n_out, len,
+	    want_logits ? ", logits copied" : "");
+	return victim->exec;
+}
+
+/*
+ * A prompt step and a decode step on KV slot 0 before serving, so that the
+ * first requests do not pay for (and the loop never waits behind) the
+ * driver's one-time work: kernel loading, the decode graph's capture.
+ * Slot 0's cache rows are rewritten by its next user before being read.
+ */
+static int
+warm_up(struct cuda_backend *cb, struct orcd_err *err)
+{
+	int sizes[2] = { cb->max_tokens < cb->slot_ctx ? cb->max_tokens : cb->slot_ctx, 1 };
+	cudaError_t e;
+
+	for (int k = 0; k < 2; k++) {
+		int n = sizes[k], rc = 0;
+
+		io_layout(cb->h_in, n, &cb->h);
+		io_layout(cb->d_in, n, &cb->d);
+		for (int t = 0; t < n; t++) {
+			cb->h.tok[t] = 0;
+			cb->h.pos[t] = t;
+			cb->h.kptr[t] = cb->kv_k;
+			cb->h.vptr[t] = cb->kv_v;
+		}
+		cb->h.rows[0] = n - 1;
+		int len = n < LEN_BUCKET ? LEN_BUCKET : n;
+		if (len > cb->slot_ctx)
+			len = cb->slot_ctx;
+		if (cb->graphs && n <= GRAPH_MAX_TOKENS) {
+			cudaGraphExec_t ge = graph_for(cb, n, 1, len, false, &rc);
+
+			if (ge != NULL)
+				rc = cudaGraphLaunch(ge, cb->stream);
+		} else {
+			rc = enqueue_body(cb, n, 1, len, false);
+		}
+		if (rc != 0)
+			return cuda_fail(err, (cudaError_t)rc, "warm-up step");
+	}
+	if ((e = cudaStreamSynchronize(cb->stream)) != cudaSuccess)
+		return cuda_fail(err, e, "warm-up step");
+	return 0;
+}
+
 static void
 run_step(struct cuda_backend *cb, struct cuda_job *j)
 {
 	struct backend_step *st = j->st;
-	int n = 0, n_out = 0, max_len = 0, rc;
+	int n = 0, n_out = 0, max_len = 0, rc = 0;
 	int n_vocab = cb->m->hp.n_vocab;
+	bool want;
 
 	st->t_start = orcd_now();
 	st->status = 0;
-	if (st->n_tokens > cb->max_tokens) {
-		orcd_errf(&st->err, "cuda backend: %d tokens in one step, the limit is %d",
-		    st->n_tokens, cb->max_tokens);
-		goto fail;
-	}
 	for (int i = 0; i < st->n_seqs; i++) {
 		struct backend_step_seq *s = &st->seqs[i];
-		size_t base = (size_t)s->seq->slot * cb->slot_elems;
 
-		if (s->pos + s->n_tokens > cb->slot_ctx) {
+		if (s->n_tokens < 0 || s->n_tokens > cb->max_tokens - n) {
+			orcd_errf(&st->err, "cuda backend: more than %d tokens in one step",
+			    cb->max_tokens);
+			goto fail;
+		}
+		if (s->pos < 0 || s->pos + s->n_tokens > cb->slot_ctx) {
 			orcd_errf(&st->err, "cuda backend: position %d is beyond the context %d",
 			    s->pos + s->n_tokens, cb->slot_ctx);
 			goto fail;
 		}
+		n += s->n_tokens;
+		if (s->sampler != NULL && ++n_out > cb->max_out) {
+			orcd_errf(&st->err, "cuda backend: more than %d sequences", cb->max_out);
+			goto fail;
+		}
+		if (s->sampler != NULL && s->n_tokens == 0) {
+			orcd_errf(&st->err, "cuda backend: a sampled sequence with no tokens");
+			goto fail;
+		}
+	}
+	if (n == 0) {
+		orcd_errf(&st->err, "cuda backend: empty step");
+		goto fail;
+	}
+	io_layout(cb->h_in, n, &cb->h);
+	io_layout(cb->d_in, n, &cb->d);
+	n = n_out = 0;
+	for (int i = 0; i < st->n_seqs; i++) {
+		struct backend_step_seq *s = &st->seqs[i];
+		size_t base = (size_t)s->seq->slot * cb->slot_elems;
+
 		for (int t = 0; t < s->n_tokens; t++) {
 			if (s->tokens[t] < 0 || s->tokens[t] >= n_vocab) {
 				orcd_errf(&st->err, "cuda backend: token id %d outside the vocabulary",
@@ -504,50 +676,30 @@ run_step(struct cuda_backend *cb, struct cuda_job *j)
 		}
 		if (s->pos + s->n_tokens > max_len)
 			max_len = s->pos + s->n_tokens;
-		if (s->sampler != NULL) {
-			if (n_out >= cb->max_out) {
-				orcd_errf(&st->err, "cuda backend: more than %d sequences", cb->max_out);
-				goto fail;
-			}
+		if (s->sampler != NULL)
 			cb->h.rows[n_out++] = n - 1;
-		}
 	}
-	if (n == 0) {
-		orcd_errf(&st->err, "cuda backend: empty step");
-		goto fail;
-	}
-	{
-		cudaStream_t s = cb->stream;
+	/* attention is planned for the context rounded up to a bucket, so
+	 * graphs and eager steps run the very same kernels */
+	max_len = (max_len + LEN_BUCKET - 1) / LEN_BUCKET * LEN_BUCKET;
+	if (max_len > cb->slot_ctx)
+		max_len = cb->slot_ctx;
+	/* logits to the host when a sequence is sampled there (or the caller
+	 * wants them); greedy needs only the ids */
+	want = st->logits_out != NULL;
+	for (int i = 0; i < st->n_seqs && !want; i++)
+		want = st->seqs[i].sampler != NULL && !sampler_is_greedy(st->seqs[i].sampler);
+	if (cb->graphs && n <= GRAPH_MAX_TOKENS) {
+		cudaGraphExec_t ge = graph_for(cb, n, n_out, max_len, want, &rc);
 
-		/* h_in is laid out as kptr | vptr | tok | pos | rows, as are the
-		 * device arrays' contents: one copy each */
-		if ((rc = cudaMemcpyAsync(cb->d_kptr, cb->h.kptr, (size_t)n * sizeof(void *),
-		    cudaMemcpyHostToDevice, s)) != 0 ||
-		    (rc = cudaMemcpyAsync(cb->d_vptr, cb->h.vptr, (size_t)n * sizeof(void *),
-		    cudaMemcpyHostToDevice, s)) != 0 ||
-		    (rc = cudaMemcpyAsync(cb->d_tok, cb->h.tok, (size_t)n * 4, cudaMemcpyHostToDevice,
-		    s)) != 0 ||
-		    (rc = cudaMemcpyAsync(cb->d_pos, cb->h.pos, (size_t)n * 4, cudaMemcpyHostToDevice,
-		    s)) != 0 ||
-		    (n_out > 0 && (rc = cudaMemcpyAsync(cb->d_rows, cb->h.rows, (size_t)n_out * 4,
-		    cudaMemcpyHostToDevice, s)) != 0))
+		if (ge == NULL || (rc = cudaGraphLaunch(ge, cb->stream)) != 0)
 			goto cuda_error;
-		if ((rc = forward(cb, st, n, n_out, max_len)) != 0)
-			goto cuda_error;
-		if (n_out > 0 && (rc = cudaMemcpyAsync(cb->h_ids, cb->d_ids, (size_t)n_out * 4,
-		    cudaMemcpyDeviceToHost, s)) != 0)
-			goto cuda_error;
-		/* logits to the host when a sequence is sampled there (or the
-		 * caller wants them); greedy needs only the ids */
-		bool want = st->logits_out != NULL;
-		for (int i = 0; i < st->n_seqs && !want; i++)
-			want = st->seqs[i].sampler != NULL && !sampler_is_greedy(st->seqs[i].sampler);
-		if (want && n_out > 0 && (rc = cudaMemcpyAsync(cb->h_logits, cb->logits,
-		    (size_t)n_out * n_vocab * 4, cudaMemcpyDeviceToHost, s)) != 0)
-			goto cuda_error;
-		if ((rc = cudaLaunchHostFunc(s, step_done, j)) != 0)
-			goto cuda_error;
+		cb->graph_launches++;
+	} else if ((rc = enqueue_body(cb, n, n_out, max_len, want)) != 0) {
+		goto cuda_error;
 	}
+	if ((rc = cudaLaunchHostFunc(cb->stream, step_done, j)) != 0)
+		goto cuda_error;
 	return;
 cuda_error:
 	orcd_errf(&st->err, "cuda backend: %s", cudaGetErrorString((cudaError_t)rc));
@@ -645,6 +797,12 @@ cuda_destroy(struct backend *b)
 		cudaStreamSynchronize(cb->stream);
 		cudaStreamDestroy(cb->stream);
 	}
+	for (int i = 0; i < GRAPH_CACHE; i++)
+		if (cb->graph[i].exec != NULL)
+			cudaGraphExecDestroy(cb->graph[i].exec);
+	if (cb->graph_launches > 0)
+		log_info("cuda: %lu steps ran as CUDA graphs (%lu captured)",
+		    (unsigned long)cb->graph_launches, (unsigned long)cb->graph_captures);
 	if (cb->h_logits != NULL)
 		cudaFreeHost(cb->h_logits);
 	if (cb->vram != NULL) {
@@ -702,7 +860,13 @@ extern "C" int
 backend_cuda_available(char *why, size_t len)
 {
 	int n = 0;
-	cudaError_t e = cudaGetDeviceCount(&n);
+	cudaError_t e;
+
+	/* Load every kernel when the context is created rather than at its
+	 * first launch while serving (lazy loading takes process-wide locks
+	 * that stalled the event loop); the user's setting wins. */
+	setenv("CUDA_MODULE_LOADING", "EAGER", 0);
+	e = cudaGetDeviceCount(&n);
 
 	if (e != cudaSuccess || n == 0) {
 		if (why != NULL)
@@ -770,7 +934,8 @@ backend_cuda_new(const struct model *m, const struct backend_cuda_opts *o, struc
 		goto fail;
 	cb->max_tokens = o->max_step_tokens;
 	cb->max_out = o->n_seqs;
-	if (alloc_scratch(cb, err) != 0)
+	cb->graphs = o->graphs != 0;
+	if (alloc_scratch(cb, err) != 0 || warm_up(cb, err) != 0)
 		goto fail;
 	if (cuda_verify(&cb->b, err) != 0) {
 		orcd_err_prefix(err, "cuda backend: residency check failed");

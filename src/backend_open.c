@@ -15,6 +15,7 @@ backend_open_opts_init(struct backend_open_opts *o)
 	o->n_seqs = 64;
 	o->n_ctx = 4096;
 	o->max_step_tokens = 512;
+	o->cuda_graphs = 1;
 }
 
 const char *
@@ -64,6 +65,7 @@ backend_open(const struct model *m, const struct backend_open_opts *o, struct cq
 			.max_step_tokens = o->max_step_tokens,
 			.soft_limit = o->vram_soft_limit,
 			.hard_limit = o->vram_hard_limit,
+			.graphs = o->cuda_graphs,
 		};
 
 		return backend_cuda_new(m, &co, cq, out, err);

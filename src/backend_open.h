@@ -18,6 +18,7 @@ struct backend_open_opts {
 	int n_ctx;                 /* CUDA: positions per slot */
 	int max_step_tokens;       /* CUDA */
 	uint64_t vram_soft_limit, vram_hard_limit;
+	int cuda_graphs;           /* CUDA: 1 (default) small steps as graphs */
 };
 
 void backend_open_opts_init(struct backend_open_opts *o);

@@ -49,6 +49,7 @@ static const struct opt opts[] = {
 	{ "deadline-min-ms", OPT_INT, OFF(deadline_min_ms), 0, 3600000, "deadlines closer than this are rejected up front (504)" },
 	{ "health-interval-ms", OPT_INT, OFF(health_interval_ms), 10, 3600000, "refresh period of the cached /health snapshot" },
 	{ "residency-interval", OPT_DOUBLE, OFF(residency_interval_s), 0, 86400, "seconds between re-verifications that every VRAM allocation is device-resident (0 = only at load)" },
+	{ "cuda-graphs", OPT_INT, OFF(cuda_graphs), 0, 1, "CUDA backend: run decode steps (up to 64 tokens) as captured CUDA graphs (1) or launch their kernels one by one (0)" },
 	{ "max-job-id-bytes", OPT_INT, OFF(max_job_id_bytes), 1, 4096, "longest accepted job_id" },
 };
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
@@ -75,6 +76,7 @@ conf_defaults(struct conf *c)
 	c->deadline_min_ms = 5;
 	c->health_interval_ms = 250;
 	c->residency_interval_s = 60;
+	c->cuda_graphs = 1;
 	c->max_job_id_bytes = 256;
 }
 

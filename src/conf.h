@@ -41,6 +41,7 @@ struct conf {
 	int deadline_min_ms;      /* reject (504) deadlines closer than this */
 	int health_interval_ms;   /* /health snapshot refresh */
 	double residency_interval_s; /* VRAM residency re-verification, 0 = off */
+	int cuda_graphs;             /* CUDA: decode steps as CUDA graphs */
 	int max_job_id_bytes;
 };
 

@@ -55,6 +55,7 @@ usage(FILE *f)
 	    "      --backend B       cpu, cuda or auto (default: cuda when built and a GPU\n"
 	    "                        is present, else cpu)\n"
 	    "      --dump-logits FILE  write the logits after the prompt, one per line\n"
+	    "      --cuda-graphs 0|1  CUDA: decode steps as CUDA graphs (default 1)\n"
 	    "  -v, --verbose         print the model summary and prompt ids on stderr\n");
 }
 
@@ -203,6 +204,7 @@ struct gen_opts {
 	bool ids, no_bos, special, ignore_eos, verbose;
 	const char *backend;
 	const char *dump_logits;
+	int cuda_graphs;
 	struct sampler_params sp;
 };
 
@@ -210,7 +212,7 @@ static int
 parse_args(int argc, char **argv, struct gen_opts *o)
 {
 	enum { O_TEMP = 256, O_TOPK, O_TOPP, O_MINP, O_REP, O_REPN, O_SEED,
-	    O_IDS, O_NOBOS, O_SPECIAL, O_IGNORE, O_BATCH, O_BACKEND, O_DUMP };
+	    O_IDS, O_NOBOS, O_SPECIAL, O_IGNORE, O_BATCH, O_BACKEND, O_DUMP, O_GRAPHS };
 	static const struct option longopts[] = {
 		{ "model", required_argument, NULL, 'm' },
 		{ "prompt", required_argument, NULL, 'p' },
@@ -232,6 +234,7 @@ parse_args(int argc, char **argv, struct gen_opts *o)
 		{ "batch", required_argument, NULL, O_BATCH },
 		{ "backend", required_argument, NULL, O_BACKEND },
 		{ "dump-logits", required_argument, NULL, O_DUMP },
+		{ "cuda-graphs", required_argument, NULL, O_GRAPHS },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -242,6 +245,7 @@ parse_args(int argc, char **argv, struct gen_opts *o)
 	memset(o, 0, sizeof(*o));
 	o->n_predict = 64;
 	o->batch = 512;
+	o->cuda_graphs = 1;
 	sampler_params_default(&o->sp);
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "m:p:f:n:t:c:vh", longopts, NULL)) != -1) {
@@ -275,6 +279,7 @@ parse_args(int argc, char **argv, struct gen_opts *o)
 		case O_IDS: o->ids = true; break;
 		case O_BACKEND: o->backend = optarg; break;
 		case O_DUMP: o->dump_logits = optarg; break;
+		case O_GRAPHS: if (parse_int("--cuda-graphs", optarg, 0, 1, &v)) return -1; o->cuda_graphs = (int)v; break;
 		case O_NOBOS: o->no_bos = true; break;
 		case O_SPECIAL: o->special = true; break;
 		case O_IGNORE: o->ignore_eos = true; break;
@@ -396,6 +401,7 @@ generate_main(int argc, char **argv)
 	struct backend_open_opts bo;
 	backend_open_opts_init(&bo);
 	bo.name = o.backend;
+	bo.cuda_graphs = o.cuda_graphs;
 	bo.threads = (int)o.threads;
 	bo.n_seqs = 1;
 	bo.n_ctx = (int)n_ctx;

@@ -351,6 +351,7 @@ load_run(struct load_job *j)
 		bo.n_ctx = o->cfg.ctx_size > 0 ? o->cfg.ctx_size :
 		    (j->model->hp.n_ctx_train < 4096 ? j->model->hp.n_ctx_train : 4096);
 		bo.max_step_tokens = o->cfg.max_step_tokens;
+		bo.cuda_graphs = o->cfg.cuda_graphs;
 		j->status = backend_open(j->model, &bo, o->cq, &j->backend, &j->err);
 		j->t_backend = orcd_now() - t0;
 		if (j->status != 0) {

@@ -7,19 +7,29 @@
 # and a served smoke run; writes logs to $OUT (or ./gpu-out).
 set -u
 if [ "${1:-}" = "--bundle" ]; then
+	# binaries xz-packed (the device tool carries at most 64 MiB), the
+	# golden models, this script and bench/gpu-compare.sh
 	d=$2
+	rm -rf "$d/bin" "$d/lib" "$d/models"
 	mkdir -p "$d/bin" "$d/lib" "$d/models"
 	cp orcd orcd-mkmodel test/test_vram test/test_golden test/test_cuda_backend bench/loadgen \
 	    bench/orcd-bench "$d/bin/"
 	[ -x test/test_cuda_ops ] && cp test/test_cuda_ops "$d/bin/"
-	for lib in libevent_core-2.1.so.7 libevent_pthreads-2.1.so.7 libjansson.so.4 libcmocka.so.0; do
+	strip "$d"/bin/*
+	tar -cf - -C "$d" bin | xz -9e -T0 > "$d/bin.tar.xz"
+	rm -rf "$d/bin"
+	for lib in libevent_core-2.1.so.7 libevent_pthreads-2.1.so.7 libjansson.so.4 libcmocka.so.0 libgomp.so.1; do
 		cp -L "/lib/x86_64-linux-gnu/$lib" "$d/lib/"
 	done
-	cp ../shared/models/*.gguf ../shared/models/golden.jsonl "$d/models/"
-	cp "$0" "$d/"
+	for f in $(sed -n 's/.*"model": *"\([^"]*\)".*/\1/p' ../shared/models/golden.jsonl | sort -u); do
+		cp "../shared/models/$f" "$d/models/"
+	done
+	cp ../shared/models/golden.jsonl "$d/models/"
+	cp "$0" bench/gpu-compare.sh "$d/"
 	exit 0
 fi
 here=$(cd "$(dirname "$0")" && pwd)
+[ -d "$here/bin" ] || [ ! -f "$here/bin.tar.xz" ] || python3 -c "import tarfile, sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$here/bin.tar.xz" "$here"
 top_out=${OUT:-$PWD/gpu-out}
 out=/tmp/gpu-logs
 rm -rf "$out"
@@ -81,6 +91,7 @@ if [ -n "$port" ]; then
 	    > "$out/serve-metrics.txt" 2>&1
 	grep -E "tokens/s|ttft|inter|health" "$out/serve-loadgen.txt" | head -n 12
 	grep -E "^orcd_loop_lag_max_seconds|^orcd_requests_total" "$out/serve-metrics.txt"
+	grep -i "stall" "$out/serve.log" | head -n 5
 	kill -TERM $spid; wait $spid
 else
 	echo "serve did not start"; tail -n 5 "$out/serve.log"; kill $spid

@@ -89,6 +89,7 @@ struct backend_cuda_opts {
 	int n_ctx;                /* positions per slot */
 	int max_step_tokens;
 	uint64_t soft_limit, hard_limit;   /* VRAM bytes, 0 = none */
+	int graphs;               /* 1: small steps run as CUDA graphs */
 };
 
 /* The CUDA backend (cuda/backend_cuda.cu).  Without a CUDA build these are
