@@ -24,7 +24,10 @@
  */
 #include <cuda_runtime.h>
 
+#include <openssl/evp.h>
+
 #include <algorithm>
+#include <array>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -1475,6 +1478,150 @@ timings(void)
 	time_attention(16, 2048);
 }
 
+/* ---------------------------------------------------------------- seal */
+
+/* The seal layout from its description (doc/seal.md), over OpenSSL's
+ * SHA-256: leaf = H(0x00 || block), parent = H(0x01 || l || r), 4 KiB
+ * blocks, an odd last node carried up. */
+static void
+seal_ref_hash(uint8_t prefix, const uint8_t *a, size_t na, const uint8_t *b,
+    size_t nb, uint8_t out[32])
+{
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+
+	EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+	EVP_DigestUpdate(ctx, &prefix, 1);
+	EVP_DigestUpdate(ctx, a, na);
+	if (nb > 0)
+		EVP_DigestUpdate(ctx, b, nb);
+	EVP_DigestFinal_ex(ctx, out, NULL);
+	EVP_MD_CTX_free(ctx);
+}
+
+static void
+seal_ref_chunk(const uint8_t *data, size_t n, uint8_t out[32])
+{
+	std::vector<std::array<uint8_t, 32>> lv;
+
+	for (size_t off = 0; off < n; off += 4096) {
+		std::array<uint8_t, 32> h;
+
+		seal_ref_hash(0x00, data + off, std::min<size_t>(4096, n - off), NULL, 0, h.data());
+		lv.push_back(h);
+	}
+	while (lv.size() > 1) {
+		std::vector<std::array<uint8_t, 32>> up;
+
+		for (size_t i = 0; i + 1 < lv.size(); i += 2) {
+			std::array<uint8_t, 32> h;
+
+			seal_ref_hash(0x01, lv[i].data(), 32, lv[i + 1].data(), 32, h.data());
+			up.push_back(h);
+		}
+		if (lv.size() & 1)
+			up.push_back(lv.back());
+		lv.swap(up);
+	}
+	memcpy(out, lv[0].data(), 32);
+}
+
+/* Chunks of the given sizes at the given misalignments in one device
+ * buffer, digested on the GPU and by the reference. */
+static bool
+seal_case(const std::vector<uint32_t> &sizes, uint32_t misalign, double *gbps)
+{
+	dev_pool dp;
+	std::vector<size_t> at(sizes.size());
+	size_t total = 0;
+
+	for (size_t c = 0; c < sizes.size(); c++) {
+		at[c] = total + misalign;
+		total += ((size_t)sizes[c] + misalign + 255) / 256 * 256;
+	}
+	std::vector<uint8_t> host(total);
+	for (size_t i = 0; i < total; i += 8) {
+		uint64_t r = rng_next();
+
+		memcpy(&host[i], &r, std::min<size_t>(8, total - i));
+	}
+	uint8_t *d = dp.up(host);
+	std::vector<const uint8_t *> ptrs(sizes.size());
+	for (size_t c = 0; c < sizes.size(); c++)
+		ptrs[c] = d + at[c];
+	const uint8_t *const *dptr = dp.up(ptrs);
+	const uint32_t *dlen = dp.up(sizes);
+	std::vector<uint8_t> got(sizes.size() * 32 + 32, 0xa5);
+	uint8_t *dout = dp.up(got);
+	cudaEvent_t e0, e1;
+
+	cudaEventCreate(&e0);
+	cudaEventCreate(&e1);
+	cudaEventRecord(e0, NULL);
+	int rc = cuda_seal_digests(dptr, dlen, (int)sizes.size(), dout, NULL);
+	cudaEventRecord(e1, NULL);
+	if (rc != 0 || cudaDeviceSynchronize() != cudaSuccess || down(got, dout) != cudaSuccess) {
+		printf("      launch failed: %d\n", rc);
+		return false;
+	}
+	float ms = 0;
+	cudaEventElapsedTime(&ms, e0, e1);
+	cudaEventDestroy(e0);
+	cudaEventDestroy(e1);
+	if (gbps != NULL) {
+		size_t bytes = 0;
+		for (uint32_t n : sizes)
+			bytes += n;
+		*gbps = bytes / (ms * 1e-3) / 1e9;
+	}
+	int bad = 0;
+	for (size_t c = 0; c < sizes.size(); c++) {
+		uint8_t want[32];
+
+		seal_ref_chunk(&host[at[c]], sizes[c], want);
+		if (memcmp(want, &got[c * 32], 32) != 0 && bad++ < 3)
+			printf("      chunk %zu (%u bytes, misaligned by %u): digest differs\n",
+			    c, sizes[c], misalign);
+	}
+	for (size_t i = sizes.size() * 32; i < got.size(); i++)
+		if (got[i] != 0xa5)
+			bad++;
+	return bad == 0;
+}
+
+static void
+test_seal(void)
+{
+	/* around every SHA-256 padding boundary (55/56/63/64 bytes with the
+	 * prefix), the 4 KiB block edge and the 1 MiB chunk */
+	static const uint32_t edge[] = { 1, 2, 3, 4, 5, 54, 55, 56, 57, 62, 63, 64, 65,
+		118, 119, 120, 127, 128, 129, 1000, 4094, 4095, 4096, 4097, 8191, 8192,
+		8193, 12288, 65536 + 17, 1048575, 1048576 };
+	const uint32_t mis[] = { 0, 1, 3, 16 };
+
+	for (uint32_t m : mis) {
+		std::vector<uint32_t> sizes(edge, edge + sizeof(edge) / sizeof(edge[0]));
+
+		report(seal_case(sizes, m, NULL), "seal digests: %zu edge sizes 1 .. 1 MiB, "
+		    "chunks misaligned by %u bytes, equal OpenSSL", sizes.size(), m);
+	}
+	/* random sizes, an odd number of chunks of odd leaf counts */
+	std::vector<uint32_t> sizes;
+	for (int i = 0; i < 301; i++)
+		sizes.push_back(1 + (uint32_t)rng_int(1048576));
+	report(seal_case(sizes, 0, NULL), "seal digests: 301 chunks of random sizes equal OpenSSL");
+	/* 64 MiB of full chunks: throughput (the 400 MB / 4 GB numbers are
+	 * bench/seal-bench's) */
+	std::vector<uint32_t> full(64, 1048576);
+	double gbps = 0;
+	seal_case(full, 0, NULL);   /* warm-up */
+	bool ok = seal_case(full, 0, &gbps);
+	report(ok, "seal digests: 64 x 1 MiB equal OpenSSL, %.1f GB/s on the GPU", gbps);
+
+	/* argument checks */
+	report(cuda_seal_digests(NULL, NULL, 1, NULL, NULL) ==
+	    (int)cudaErrorInvalidValue, "seal digests: null arguments rejected");
+}
+
 /* -------------------------------------------------------------- main */
 
 int
@@ -1512,6 +1659,7 @@ main(void)
 	test_swiglu();
 	test_embed();
 	test_argmax();
+	test_seal();
 	test_args();
 	if (getenv("ORCD_TEST_NO_TIMING") == NULL)
 		timings();

@@ -157,6 +157,19 @@ int cuda_embed(int wtype, const void *table, size_t row_bytes, int n_vocab,
 int cuda_argmax(const float *x, size_t ldx, int rows, int n, int *out,
     void *stream);
 
+/* ------------------------------------------------------------ seal */
+
+/*
+ * Seal chunk digests (doc/seal.md): out[32 c .. 32 c + 32) = the Merkle
+ * root over the 4 KiB blocks of chunk c (leaf = SHA-256(0x00 || block),
+ * parent = SHA-256(0x01 || left || right), an odd last node carried up).
+ * Chunk c is len[c] bytes, 1 .. 1 MiB (a longer chunk gets no digest:
+ * the caller checks), at ptr[c], any alignment (16-byte aligned chunks
+ * take the fast path).  ptr and len are device arrays.
+ */
+int cuda_seal_digests(const uint8_t *const *ptr, const uint32_t *len, int n_chunks,
+    uint8_t *out, void *stream);
+
 #ifdef __cplusplus
 }
 #endif
