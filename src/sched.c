@@ -285,8 +285,19 @@ sched_step_done(struct cq_item *item)
 	metric_histogram_observe(o->m->step_tokens, st->n_tokens);
 	if (st->status != 0)
 		log_error("engine step failed: %s", st->err.msg);
+	/* Aborted requests first: their KV is freed before the frames of the
+	 * other streams are built. */
+	for (int i = 0; i < st->n_seqs; i++) {
+		struct backend_step_seq *q = &st->seqs[i];
+
+		if (((struct req *)q->owner)->abort_flags != 0) {
+			req_on_step(q->owner, q, st->status, st->err.msg);
+			q->owner = NULL;   /* the request may be gone now */
+		}
+	}
 	for (int i = 0; i < st->n_seqs; i++)
-		req_on_step(st->seqs[i].owner, &st->seqs[i], st->status, st->err.msg);
+		if (st->seqs[i].owner != NULL)
+			req_on_step(st->seqs[i].owner, &st->seqs[i], st->status, st->err.msg);
 
 	/* Step boundary: deadlines of every live request. */
 	now_ns = orcd_now_ns();
