@@ -88,7 +88,7 @@ run_once(struct bench *B, int n_prompt, int n_gen, int n_seq, double *secs,
 	int n_ctx = n_prompt + n_gen + 1, rc = -1, made = 0;
 
 	for (; made < n_seq; made++)
-		if (B->b->ops->seq_new(B->b, n_ctx, &seqs[made], err) != 0)
+		if (backend_seq_new_full(B->b, n_ctx, &seqs[made], err) != 0)
 			goto out;
 	if (n_prompt > 0) {
 		if ((ptok = malloc((size_t)n_prompt * sizeof(*ptok))) == NULL) {

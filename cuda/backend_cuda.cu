@@ -82,6 +82,7 @@ struct cuda_backend {
 	uint16_t *kv_k, *kv_v;
 	size_t slot_elems;          /* n_layer * slot_ctx * kv_dim */
 	bool *slot_used;            /* loop thread */
+	std::atomic<int> n_slots_used{0};
 
 	/* scratch for max_tokens tokens and max_out logits rows */
 	int max_tokens, max_out;
@@ -740,6 +741,7 @@ cuda_seq_new(struct backend *b, int n_ctx, struct backend_seq **out, struct orcd
 			if (s == NULL)
 				return orcd_errf(err, "cuda backend: out of memory");
 			cb->slot_used[i] = true;
+			cb->n_slots_used.fetch_add(1, std::memory_order_relaxed);
 			s->slot = i;
 			*out = s;
 			return 0;
@@ -755,6 +757,7 @@ cuda_seq_free(struct backend *b, struct backend_seq *s)
 	if (s == NULL)
 		return;
 	cb->slot_used[s->slot] = false;
+	cb->n_slots_used.fetch_sub(1, std::memory_order_relaxed);
 	free(s);
 }
 
@@ -843,6 +846,21 @@ cuda_verify(struct backend *b, struct orcd_err *err)
 	return v;
 }
 
+static void
+cuda_mem(struct backend *b, struct backend_mem *m)
+{
+	struct cuda_backend *cb = (struct cuda_backend *)b->impl;
+	struct vram_stats vs;
+	uint64_t slot = 2ull * cb->slot_elems * sizeof(uint16_t);
+
+	vram_snapshot(cb->vram, &vs);
+	m->used = vs.total.bytes;
+	m->kv_used = (uint64_t)cb->n_slots_used.load(std::memory_order_relaxed) * slot;
+	m->kv_capacity = (uint64_t)cb->n_slots * slot;
+	m->kv_block_bytes = slot;
+	m->kv_block_tokens = cb->slot_ctx;
+}
+
 static const struct backend_ops cuda_ops = {
 	"cuda",
 	cuda_seq_new,
@@ -852,6 +870,8 @@ static const struct backend_ops cuda_ops = {
 	cuda_destroy,
 	cuda_health,
 	cuda_verify,
+	NULL,         /* seq_reserve: a slot holds slot_ctx positions from seq_new */
+	cuda_mem,
 };
 
 /* ------------------------------------------------------------ create */

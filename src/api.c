@@ -433,6 +433,7 @@ api_metrics(struct orcd *o, struct conn *c)
 	ssize_t n;
 
 	metric_gauge_set(o->m->uptime, orcd_now() - o->t_start);
+	orcd_metrics_mem(o);
 	n = metrics_render(o->metrics, &text);
 	if (n < 0) {
 		conn_respond_error(c, 500, "internal_error", "cannot render the metrics");

@@ -54,7 +54,15 @@ backend_open(const struct model *m, const struct backend_open_opts *o, struct cq
 		name = backend_auto_name();
 	if (strcmp(name, "cpu") == 0) {
 		lower_compute_priority(o->compute_nice);
-		return backend_cpu_new(m, o->threads, cq, out, err);
+		struct backend_cpu_opts co = {
+			.n_threads = o->threads,
+			.kv_bytes = o->kv_bytes,
+			.kv_block_tokens = o->kv_block_tokens,
+			.n_seqs = o->n_seqs,
+			.n_ctx = o->n_ctx,
+		};
+
+		return backend_cpu_new_opts(m, &co, cq, out, err);
 	}
 	if (strcmp(name, "cuda") == 0) {
 #ifdef ORCD_HAVE_CUDA

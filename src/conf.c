@@ -13,7 +13,7 @@
 #include "conf.h"
 #include "log.h"
 
-enum opt_type { OPT_STR, OPT_INT, OPT_LONG, OPT_DOUBLE, OPT_LISTEN, OPT_LEVEL };
+enum opt_type { OPT_STR, OPT_INT, OPT_LONG, OPT_BYTES, OPT_DOUBLE, OPT_LISTEN, OPT_LEVEL };
 
 struct opt {
 	const char *key;
@@ -51,6 +51,12 @@ static const struct opt opts[] = {
 	{ "residency-interval", OPT_DOUBLE, OFF(residency_interval_s), 0, 86400, "seconds between re-verifications that every VRAM allocation is device-resident (0 = only at load)" },
 	{ "cuda-graphs", OPT_INT, OFF(cuda_graphs), 0, 1, "CUDA backend: run decode steps (up to 64 tokens) as captured CUDA graphs (1) or launch their kernels one by one (0)" },
 	{ "max-job-id-bytes", OPT_INT, OFF(max_job_id_bytes), 1, 4096, "longest accepted job_id" },
+	{ "kv-memory", OPT_BYTES, OFF(kv_memory), 0, 9.0e18, "CPU backend: bytes of the paged KV pool, suffix K/M/G/T allowed (0 = 64 x 4096 positions, at most a quarter of RAM)" },
+	{ "kv-block-tokens", OPT_INT, OFF(kv_block_tokens), 1, 4096, "positions per KV block (CPU backend)" },
+	{ "mem-soft-limit", OPT_BYTES, OFF(mem_soft_limit), 0, 9.0e18, "tracked memory above which admission pauses (new requests get 429), 0 = none" },
+	{ "mem-hard-limit", OPT_BYTES, OFF(mem_hard_limit), 0, 9.0e18, "tracked memory above which the newest requests are aborted (vram_limit), 0 = none" },
+	{ "mem-snapshot-interval", OPT_DOUBLE, OFF(mem_snapshot_interval_s), 0, 86400, "seconds between memory snapshot log lines (0 = off)" },
+	{ "max-wait-ms", OPT_INT, OFF(max_wait_ms), 0, 10000, "hold a decode-only step this long for new arrivals when fewer than max-batch/4 streams run (0 = never)" },
 };
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
 
@@ -78,6 +84,8 @@ conf_defaults(struct conf *c)
 	c->residency_interval_s = 60;
 	c->cuda_graphs = 1;
 	c->max_job_id_bytes = 256;
+	c->kv_block_tokens = 32;
+	c->mem_snapshot_interval_s = 60;
 }
 
 void
@@ -157,6 +165,24 @@ conf_set(struct conf *c, const char *key, const char *value, struct orcd_err *er
 			*(int *)field = (int)v;
 		else
 			*(long *)field = (long)v;
+		return 0;
+	}
+	case OPT_BYTES: {
+		unsigned long long v = strtoull(value, &end, 10), mul = 1;
+
+		if (end != value && *end != '\0' && end[1] == '\0') {
+			switch (*end) {
+			case 'k': case 'K': mul = 1ull << 10; end++; break;
+			case 'm': case 'M': mul = 1ull << 20; end++; break;
+			case 'g': case 'G': mul = 1ull << 30; end++; break;
+			case 't': case 'T': mul = 1ull << 40; end++; break;
+			}
+		}
+		if (errno != 0 || end == value || *end != '\0' || value[0] == '-' ||
+		    v > (unsigned long long)o->hi / mul)
+			return orcd_errf(err, "%s: '%s' is not a byte count (digits with an "
+			    "optional K, M, G or T suffix)", o->key, value);
+		*(long *)field = (long)(v * mul);
 		return 0;
 	}
 	case OPT_DOUBLE: {

@@ -43,6 +43,12 @@ struct conf {
 	double residency_interval_s; /* VRAM residency re-verification, 0 = off */
 	int cuda_graphs;             /* CUDA: decode steps as CUDA graphs */
 	int max_job_id_bytes;
+	long kv_memory;              /* KV pool bytes (CPU), 0 = default */
+	int kv_block_tokens;         /* positions per KV block */
+	long mem_soft_limit;         /* tracked bytes: above, admission pauses */
+	long mem_hard_limit;         /* tracked bytes: above, newest aborted */
+	double mem_snapshot_interval_s; /* memory snapshot log period, 0 = off */
+	int max_wait_ms;             /* hold a small decode batch for arrivals */
 };
 
 void conf_defaults(struct conf *c);

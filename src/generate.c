@@ -408,7 +408,7 @@ generate_main(int argc, char **argv)
 	bo.max_step_tokens = (int)(o.batch < n_ctx ? o.batch : n_ctx);
 	if ((base = event_base_new()) == NULL || (cq = cq_new(base, &err)) == NULL ||
 	    backend_open(m, &bo, cq, &b, &err) != 0 ||
-	    b->ops->seq_new(b, (int)n_ctx, &seq, &err) != 0 ||
+	    backend_seq_new_full(b, (int)n_ctx, &seq, &err) != 0 ||
 	    (s = sampler_new(&o.sp, m->hp.n_vocab, &err)) == NULL) {
 		fprintf(stderr, "orcd generate: %s\n", base == NULL ? "cannot create the event "
 		    "loop" : err.msg);

@@ -2,8 +2,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "orcd/backend.h"
 #include "metrics_orcd.h"
 #include "orcd.h"
+#include "sched.h"
 
 static const char *outcome_names[OUTCOME_COUNT] = {
 	"done", "cancelled", "deadline", "disconnected", "failed", "shutdown",
@@ -98,7 +100,41 @@ orcd_metrics_init(struct orcd *o)
 	    NULL, small, 16);
 	m->loop_lag_max = metrics_gauge(r, "orcd_loop_lag_max_seconds",
 	    "largest event-loop timer lateness since start", NULL);
+	m->mem_used = metrics_gauge(r, "orcd_memory_tracked_bytes",
+	    "memory the backend tracks (VRAM allocations on CUDA, KV blocks held on the CPU)", NULL);
+	m->mem_baseline = metrics_gauge(r, "orcd_memory_baseline_bytes",
+	    "tracked memory after load with no request (the leak check's reference)", NULL);
+	m->mem_soft_limit = metrics_gauge(r, "orcd_memory_soft_limit_bytes",
+	    "tracked memory above which admission pauses (0 = none)", NULL);
+	m->mem_hard_limit = metrics_gauge(r, "orcd_memory_hard_limit_bytes",
+	    "tracked memory above which the newest requests are aborted (0 = none)", NULL);
+	m->kv_used = metrics_gauge(r, "orcd_kv_used_bytes", "KV cache held by requests", NULL);
+	m->kv_capacity = metrics_gauge(r, "orcd_kv_capacity_bytes", "KV cache the backend has", NULL);
+	m->mem_soft_violations = metrics_counter(r, "orcd_memory_soft_violations_total",
+	    "times tracked memory went above the soft limit", NULL);
+	m->mem_hard_violations = metrics_counter(r, "orcd_memory_hard_violations_total",
+	    "hard-limit checks that found tracked memory above the limit", NULL);
+	m->emergency_aborts = metrics_counter(r, "orcd_memory_emergency_aborts_total",
+	    "requests aborted to bring memory under the hard limit", NULL);
+	m->leaked_bytes = metrics_gauge(r, "orcd_leaked_bytes",
+	    "tracked memory above the baseline when the last request drained (should be 0)", NULL);
 	return 0;
+}
+
+void
+orcd_metrics_mem(struct orcd *o)
+{
+	struct backend_mem mem;
+
+	if (o->m == NULL || o->sched == NULL)
+		return;
+	sched_mem_read(o->sched, &mem);
+	metric_gauge_set(o->m->mem_used, (double)mem.used);
+	metric_gauge_set(o->m->mem_baseline, (double)sched_mem_baseline(o->sched)->used);
+	metric_gauge_set(o->m->mem_soft_limit, (double)o->cfg.mem_soft_limit);
+	metric_gauge_set(o->m->mem_hard_limit, (double)o->cfg.mem_hard_limit);
+	metric_gauge_set(o->m->kv_used, (double)mem.kv_used);
+	metric_gauge_set(o->m->kv_capacity, (double)mem.kv_capacity);
 }
 
 void

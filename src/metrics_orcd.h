@@ -52,7 +52,21 @@ struct orcd_metrics {
 	struct metric_gauge *uptime;
 	struct metric_histogram *loop_lag;
 	struct metric_gauge *loop_lag_max;
+	/* memory (the VRAM monitor) */
+	struct metric_gauge *mem_used;
+	struct metric_gauge *mem_baseline;
+	struct metric_gauge *mem_soft_limit;
+	struct metric_gauge *mem_hard_limit;
+	struct metric_gauge *kv_used;
+	struct metric_gauge *kv_capacity;
+	struct metric_counter *mem_soft_violations;
+	struct metric_counter *mem_hard_violations;
+	struct metric_counter *emergency_aborts;
+	struct metric_gauge *leaked_bytes;
 };
+
+/* Sets the memory gauges from the scheduler's view (loop thread). */
+void orcd_metrics_mem(struct orcd *o);
 
 int orcd_metrics_init(struct orcd *o);
 void orcd_metrics_free(struct orcd *o);

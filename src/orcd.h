@@ -66,6 +66,7 @@ struct orcd {
 	struct health_snapshot health;
 	struct event *health_timer;
 	struct event *lag_timer;   /* loop stall probe */
+	struct event *mem_timer;   /* memory snapshot log line */
 	double lag_expected;
 	double lag_max;
 	struct event *sig_term, *sig_int, *grace_timer;

@@ -315,6 +315,27 @@ st_admit(struct req *r)
 		req_set_state(r, REQ_FAILED);
 		return;
 	}
+	if (sched_mem_pressure(o->sched)) {
+		r->fail_status = 429;
+		r->fail_code = "memory_pressure";
+		snprintf(r->fail_msg, sizeof(r->fail_msg), "tracked memory is above the "
+		    "soft limit (mem-soft-limit); admission is paused, retry later");
+		req_set_state(r, REQ_FAILED);
+		return;
+	}
+	if (r->deadline_ns != 0) {
+		double wait = sched_predict_start_s(o->sched, r->n_prompt);
+
+		if (wait > 0 && orcd_now_ns() + (uint64_t)(wait * 1e9) >= r->deadline_ns) {
+			r->fail_status = 504;
+			r->fail_code = "deadline_exceeded";
+			snprintf(r->fail_msg, sizeof(r->fail_msg), "the deadline is %.0f ms away, "
+			    "the predicted wait for the first token is %.0f ms",
+			    (double)(r->deadline_ns - orcd_now_ns()) / 1e6, wait * 1e3);
+			req_set_state(r, REQ_DEADLINE);
+			return;
+		}
+	}
 	if (sched_register_job(o->sched, r) != 0) {
 		r->fail_status = 409;
 		r->fail_code = "duplicate_job_id";

@@ -83,6 +83,8 @@ struct req {
 	int n_gen;
 	int32_t last_token;           /* input of the next decode step */
 	bool in_step;
+	int plan;                     /* tokens it feeds in the step being built */
+	uint64_t kv_commit;           /* KV bytes claimed at admission */
 
 	/* how it ends */
 	unsigned abort_flags;

@@ -15,6 +15,8 @@
 
 #include "err.h"
 
+struct backend_mem;
+
 struct orcd;
 struct req;
 struct sched;
@@ -39,5 +41,23 @@ int sched_n_queued(const struct sched *s);
 bool sched_busy(const struct sched *s);     /* a step is in flight */
 /* Sets flag on every live request (shutdown). */
 void sched_abort_all(struct sched *s, unsigned flag);
+
+/*
+ * Memory (the VRAM monitor over the backend's tracked bytes).  Above the
+ * soft limit admission pauses (new requests get 429, running ones go on);
+ * above the hard limit the newest requests are aborted (SSE error
+ * vram_limit) until usage is under it again.  The check reads cached
+ * counters: O(1), no device call.
+ */
+enum sched_mem_level { SCHED_MEM_OK, SCHED_MEM_SOFT, SCHED_MEM_HARD };
+enum sched_mem_level sched_check_limits(struct sched *s);
+bool sched_mem_pressure(struct sched *s);
+void sched_mem_read(const struct sched *s, struct backend_mem *m);
+const struct backend_mem *sched_mem_baseline(const struct sched *s);
+/* One log line: tracked, baseline, limits, KV held and committed. */
+void sched_log_snapshot(struct sched *s);
+/* Predicted seconds until a new request of n_prompt tokens has its first
+ * token (0: no estimate yet). */
+double sched_predict_start_s(const struct sched *s, int n_prompt);
 
 #endif

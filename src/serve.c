@@ -129,6 +129,19 @@ health_timer_cb(evutil_socket_t fd, short what, void *arg)
  * could not run (a blocking call, a long callback). */
 #define LAG_INTERVAL_S 0.005
 
+/* Memory snapshot: one log line and the gauges, from cached counters (no
+ * device call), well under a millisecond. */
+static void
+mem_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct orcd *o = arg;
+
+	if (o->sched == NULL)
+		return;
+	sched_log_snapshot(o->sched);
+	orcd_metrics_mem(o);
+}
+
 static void
 lag_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -352,6 +365,8 @@ load_run(struct load_job *j)
 		    (j->model->hp.n_ctx_train < 4096 ? j->model->hp.n_ctx_train : 4096);
 		bo.max_step_tokens = o->cfg.max_step_tokens;
 		bo.cuda_graphs = o->cfg.cuda_graphs;
+		bo.kv_bytes = (uint64_t)o->cfg.kv_memory;
+		bo.kv_block_tokens = o->cfg.kv_block_tokens;
 		j->status = backend_open(j->model, &bo, o->cq, &j->backend, &j->err);
 		j->t_backend = orcd_now() - t0;
 		if (j->status != 0) {
@@ -496,6 +511,13 @@ orcd_init(struct orcd *o, struct orcd_err *err)
 	tv.tv_usec = (suseconds_t)(LAG_INTERVAL_S * 1e6);
 	o->lag_expected = orcd_now() + LAG_INTERVAL_S;
 	event_add(o->lag_timer, &tv);
+	if (o->cfg.mem_snapshot_interval_s > 0) {
+		o->mem_timer = event_new(o->base, -1, EV_PERSIST, mem_timer_cb, o);
+		event_priority_set(o->mem_timer, ORCD_PRIO_TIMER);
+		tv.tv_sec = (time_t)o->cfg.mem_snapshot_interval_s;
+		tv.tv_usec = (suseconds_t)((o->cfg.mem_snapshot_interval_s - (double)tv.tv_sec) * 1e6);
+		event_add(o->mem_timer, &tv);
+	}
 	return 0;
 }
 
@@ -517,6 +539,9 @@ orcd_fini(struct orcd *o)
 		event_free(o->health_timer);
 	if (o->lag_timer)
 		event_free(o->lag_timer);
+	if (o->mem_timer)
+		event_free(o->mem_timer);
+	o->mem_timer = NULL;
 	if (o->grace_timer)
 		event_free(o->grace_timer);
 	if (o->sig_term)

@@ -64,7 +64,7 @@ generate_batch(struct backend *b, struct event_base *base, const struct model *m
 	for (int k = 0; k < n_seq; k++) {
 		s[k] = sampler_new(&sp, m->hp.n_vocab, &err);
 		assert_non_null(s[k]);
-		assert_int_equal(b->ops->seq_new(b, n_prompt + n, &seq[k], &err), 0);
+		assert_int_equal(backend_seq_new_full(b, n_prompt + n, &seq[k], &err), 0);
 	}
 	for (int i = 0; i < n; i++) {
 		struct wait w;

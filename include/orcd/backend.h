@@ -56,6 +56,17 @@ struct backend_health {
 	double checked_at;         /* monotonic seconds of that check, 0 never */
 };
 
+/* Memory the backend tracks, for the scheduler's limits and leak check. */
+struct backend_mem {
+	uint64_t used;             /* tracked bytes in use: every device
+	                            * allocation (CUDA), the KV blocks that
+	                            * sequences hold (CPU) */
+	uint64_t kv_used;          /* bytes of KV cache held by sequences */
+	uint64_t kv_capacity;      /* bytes of KV cache the backend has */
+	uint64_t kv_block_bytes;   /* one block (CPU) or one slot (CUDA) */
+	int kv_block_tokens;       /* positions per block, or per slot */
+};
+
 struct backend_ops {
 	const char *name;
 	int (*seq_new)(struct backend *b, int n_ctx, struct backend_seq **out,
@@ -70,6 +81,13 @@ struct backend_ops {
 	/* Residency verification (the monitor thread, not the loop); returns
 	 * the number of violations, or -1.  NULL: nothing to verify. */
 	int (*verify)(struct backend *b, struct orcd_err *err);
+	/* Makes s hold positions [0, n_pos) before a step feeds them (the
+	 * loop thread, s not in flight); -1 when the KV memory is short.
+	 * NULL: seq_new reserved everything already. */
+	int (*seq_reserve)(struct backend *b, struct backend_seq *s, int n_pos,
+	    struct orcd_err *err);
+	/* Cheap, any thread: cached counters only. */
+	void (*mem)(struct backend *b, struct backend_mem *m);
 };
 
 struct backend {
@@ -79,9 +97,37 @@ struct backend {
 	void *impl;
 };
 
-/* The CPU backend: an engine thread that runs steps on the thread pool. */
+/* seq_new with every position reserved up front (tools and tests that
+ * run one sequence of known length). */
+static inline int
+backend_seq_new_full(struct backend *b, int n_ctx, struct backend_seq **out,
+    struct orcd_err *err)
+{
+	if (b->ops->seq_new(b, n_ctx, out, err) != 0)
+		return -1;
+	if (b->ops->seq_reserve != NULL && b->ops->seq_reserve(b, *out, n_ctx, err) != 0) {
+		b->ops->seq_free(b, *out);
+		*out = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+/* The CPU backend: an engine thread that runs steps on the thread pool,
+ * its KV cache a pool of kv_bytes (0: n_seqs sequences of n_ctx
+ * positions, at most a quarter of the host's memory) in blocks of
+ * kv_block_tokens positions (0: 32). */
+struct backend_cpu_opts {
+	int n_threads;             /* 0: all CPUs */
+	uint64_t kv_bytes;
+	int kv_block_tokens;
+	int n_seqs, n_ctx;         /* the default pool's size; 0: 64 x 4096 */
+};
+
 int backend_cpu_new(const struct model *m, int n_threads, struct cq *cq,
     struct backend **out, struct orcd_err *err);
+int backend_cpu_new_opts(const struct model *m, const struct backend_cpu_opts *o,
+    struct cq *cq, struct backend **out, struct orcd_err *err);
 
 struct backend_cuda_opts {
 	int device;

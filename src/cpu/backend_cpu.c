@@ -5,10 +5,12 @@
  * sequence that wants one and pushes the step back to the loop through the
  * completion queue.  The loop thread never computes.
  */
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "orcd/backend.h"
 #include "cpu/forward.h"
@@ -20,14 +22,9 @@
 
 struct backend_seq {
 	struct cpu_kv kv;
-	struct backend_seq *next_free;
 };
 
-/* KV caches are kept for reuse: freeing (munmap) and first-touching
- * megabytes per request would cost the loop and the engine on every
- * request.  Capacities are rounded so caches of nearby sizes are shared. */
-#define KV_ROUND 512
-#define KV_CACHE_BYTES (256ull << 20)
+#define KV_BLOCK_TOKENS_DEFAULT 32
 
 struct cpu_backend {
 	struct backend b;
@@ -41,9 +38,8 @@ struct cpu_backend {
 	float *logits;
 	int cap_logits;
 	int *sample_seq;          /* logits row k belongs to seqs[sample_seq[k]] */
-	/* loop thread only */
-	struct backend_seq *free_seqs;
-	uint64_t free_bytes;
+	struct cpu_kv_pool *kv;    /* free list: loop thread only */
+	uint64_t block_bytes;
 };
 
 static int
@@ -151,25 +147,13 @@ static int
 cpu_seq_new(struct backend *b, int n_ctx, struct backend_seq **out, struct orcd_err *err)
 {
 	struct cpu_backend *cb = b->impl;
-	struct backend_seq *s, **pp;
-	int cap = (n_ctx + KV_ROUND - 1) / KV_ROUND * KV_ROUND;
+	struct backend_seq *s;
 
 	*out = NULL;
-	for (pp = &cb->free_seqs; *pp != NULL; pp = &(*pp)->next_free) {
-		if ((*pp)->kv.n_ctx == cap) {
-			s = *pp;
-			*pp = s->next_free;
-			cb->free_bytes -= cpu_kv_bytes(b->model, cap);
-			/* stale positions are never read: attention stops at n_used */
-			s->kv.n_used = 0;
-			*out = s;
-			return 0;
-		}
-	}
 	s = calloc(1, sizeof(*s));
 	if (s == NULL)
 		return orcd_errf(err, "cpu backend: out of memory");
-	if (cpu_kv_init(cb->engine, cap, &s->kv, err) != 0) {
+	if (cpu_kv_init(cb->kv, n_ctx, &s->kv, err) != 0) {
 		free(s);
 		return -1;
 	}
@@ -178,34 +162,39 @@ cpu_seq_new(struct backend *b, int n_ctx, struct backend_seq **out, struct orcd_
 }
 
 static void
-seq_destroy(struct backend_seq *s)
+cpu_seq_free(struct backend *b, struct backend_seq *s)
 {
+	if (s == NULL)
+		return;
 	cpu_kv_release(&s->kv);
 	free(s);
 }
 
-static void
-cpu_seq_free(struct backend *b, struct backend_seq *s)
+static int
+cpu_seq_reserve(struct backend *b, struct backend_seq *s, int n_pos, struct orcd_err *err)
 {
-	struct cpu_backend *cb = b->impl;
-	uint64_t bytes;
-
-	if (s == NULL)
-		return;
-	bytes = cpu_kv_bytes(b->model, s->kv.n_ctx);
-	if (cb->free_bytes + bytes > KV_CACHE_BYTES) {
-		seq_destroy(s);
-		return;
-	}
-	s->next_free = cb->free_seqs;
-	cb->free_seqs = s;
-	cb->free_bytes += bytes;
+	return cpu_kv_reserve(&s->kv, n_pos, err);
 }
 
 static uint64_t
 cpu_seq_bytes(struct backend *b, int n_ctx)
 {
-	return cpu_kv_bytes(b->model, n_ctx);
+	struct cpu_backend *cb = b->impl;
+	uint64_t bt = (uint64_t)cb->kv->block_tokens;
+
+	return ((uint64_t)n_ctx + bt - 1) / bt * cb->block_bytes;
+}
+
+static void
+cpu_mem(struct backend *b, struct backend_mem *m)
+{
+	struct cpu_backend *cb = b->impl;
+
+	m->kv_used = (uint64_t)cpu_kv_pool_used(cb->kv) * cb->block_bytes;
+	m->used = m->kv_used;
+	m->kv_capacity = (uint64_t)cb->kv->n_blocks * cb->block_bytes;
+	m->kv_block_bytes = cb->block_bytes;
+	m->kv_block_tokens = cb->kv->block_tokens;
 }
 
 static int
@@ -225,12 +214,7 @@ cpu_destroy(struct backend *b)
 		return;
 	cb = b->impl;
 	worker_stop(cb->thread);
-	while (cb->free_seqs != NULL) {
-		struct backend_seq *s = cb->free_seqs;
-
-		cb->free_seqs = s->next_free;
-		seq_destroy(s);
-	}
+	cpu_kv_pool_free(cb->kv);
 	cpu_engine_free(cb->engine);
 	free(cb->tokens); free(cb->pos); free(cb->kvs); free(cb->want);
 	free(cb->logits);
@@ -255,30 +239,76 @@ static const struct backend_ops cpu_ops = {
 	.seq_bytes = cpu_seq_bytes,
 	.step = cpu_step,
 	.destroy = cpu_destroy,
+	.seq_reserve = cpu_seq_reserve,
+	.mem = cpu_mem,
 };
 
+/* Default pool: n_seqs sequences of n_ctx positions, at most a quarter of
+ * the host's memory (the mapping is committed only as blocks are touched). */
+static uint64_t
+default_kv_bytes(const struct model *m, int n_seqs, int n_ctx, int bt)
+{
+	uint64_t per = ((uint64_t)(n_ctx > 0 ? n_ctx : 4096) + (uint64_t)bt - 1) / (uint64_t)bt;
+	uint64_t want = (uint64_t)(n_seqs > 0 ? n_seqs : 64) * per * cpu_kv_block_bytes(m, bt);
+	long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+
+	if (pages > 0 && psz > 0 && want > (uint64_t)pages * (uint64_t)psz / 4)
+		want = (uint64_t)pages * (uint64_t)psz / 4;
+	return want;
+}
+
 int
-backend_cpu_new(const struct model *m, int n_threads, struct cq *cq,
-    struct backend **out, struct orcd_err *err)
+backend_cpu_new_opts(const struct model *m, const struct backend_cpu_opts *o,
+    struct cq *cq, struct backend **out, struct orcd_err *err)
 {
 	struct cpu_backend *cb = calloc(1, sizeof(*cb));
+	int bt = o->kv_block_tokens > 0 ? o->kv_block_tokens : KV_BLOCK_TOKENS_DEFAULT;
+	uint64_t bytes = o->kv_bytes > 0 ? o->kv_bytes :
+	    default_kv_bytes(m, o->n_seqs, o->n_ctx, bt);
+	uint64_t n_blocks;
 
 	*out = NULL;
 	if (cb == NULL)
 		return orcd_errf(err, "cpu backend: out of memory");
+	cb->block_bytes = cpu_kv_block_bytes(m, bt);
+	n_blocks = bytes / cb->block_bytes;
+	if (n_blocks == 0) {
+		uint64_t bb = cb->block_bytes;
+
+		free(cb);
+		return orcd_errf(err, "cpu backend: kv-memory of %" PRIu64 " bytes is less "
+		    "than one block of %d positions (%" PRIu64 " bytes)", bytes, bt, bb);
+	}
+	if (n_blocks > INT32_MAX)
+		n_blocks = INT32_MAX;
 	cb->b.ops = &cpu_ops;
 	cb->b.model = m;
 	cb->b.cq = cq;
 	cb->b.impl = cb;
-	if (cpu_engine_new(m, n_threads, &cb->engine, err) != 0) {
+	if (cpu_kv_pool_new(m, (int)n_blocks, bt, &cb->kv, err) != 0) {
+		free(cb);
+		return -1;
+	}
+	if (cpu_engine_new(m, o->n_threads, &cb->engine, err) != 0) {
+		cpu_kv_pool_free(cb->kv);
 		free(cb);
 		return -1;
 	}
 	if ((cb->thread = worker_start(engine_job, NULL, cb, err)) == NULL) {
 		cpu_engine_free(cb->engine);
+		cpu_kv_pool_free(cb->kv);
 		free(cb);
 		return -1;
 	}
 	*out = &cb->b;
 	return 0;
+}
+
+int
+backend_cpu_new(const struct model *m, int n_threads, struct cq *cq,
+    struct backend **out, struct orcd_err *err)
+{
+	struct backend_cpu_opts o = { .n_threads = n_threads };
+
+	return backend_cpu_new_opts(m, &o, cq, out, err);
 }

@@ -7,9 +7,11 @@
  * softmax weights are rounded to f16 before their dot products, RMSNorm sums
  * in double, RoPE angles are built by repeated float multiplication.
  */
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "orcd/dtype.h"
 #include "cpu/forward.h"
@@ -50,6 +52,8 @@ struct cpu_engine {
 	/* per worker attention scratch */
 	float *w_scores;          /* [n_threads][cap_ctx] */
 	uint16_t *w_p16;          /* [n_threads][cap_ctx] */
+	uint16_t *w_vt;           /* [n_threads][head_dim][cap_ctx]: V gathered
+	                           * from the blocks into one transposed row set */
 	uint16_t *w_q16;          /* [n_threads][head_dim] */
 
 	float *rope_cos, *rope_sin; /* [cap][n_rot/2] */
@@ -66,27 +70,106 @@ cpu_kv_bytes(const struct model *m, int n_ctx)
 	    (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim * sizeof(uint16_t);
 }
 
-int
-cpu_kv_init(const struct cpu_engine *e, int n_ctx, struct cpu_kv *kv,
-    struct orcd_err *err)
+uint64_t
+cpu_kv_block_bytes(const struct model *m, int block_tokens)
 {
-	const struct model_hparams *hp = &e->m->hp;
-	size_t per = (size_t)hp->n_layer * (size_t)n_ctx *
-	    (size_t)hp->n_head_kv * (size_t)hp->head_dim;
+	return cpu_kv_bytes(m, block_tokens);
+}
+
+int
+cpu_kv_pool_new(const struct model *m, int n_blocks, int block_tokens,
+    struct cpu_kv_pool **out, struct orcd_err *err)
+{
+	const struct model_hparams *hp = &m->hp;
+	struct cpu_kv_pool *p;
+	size_t half;
+	void *map;
+
+	*out = NULL;
+	if (n_blocks <= 0 || block_tokens <= 0)
+		return orcd_errf(err, "kv: pool of %d blocks of %d positions is empty",
+		    n_blocks, block_tokens);
+	p = calloc(1, sizeof(*p));
+	if (p == NULL || (p->free_ids = malloc((size_t)n_blocks * sizeof(int32_t))) == NULL) {
+		free(p);
+		return orcd_errf(err, "kv: out of memory");
+	}
+	p->block_tokens = block_tokens;
+	p->n_blocks = n_blocks;
+	p->kv_dim = hp->n_head_kv * hp->head_dim;
+	p->n_layer = hp->n_layer;
+	p->block_elems = (size_t)hp->n_layer * (size_t)block_tokens * (size_t)p->kv_dim;
+	half = (size_t)n_blocks * p->block_elems * sizeof(uint16_t);
+	p->map_bytes = 2 * half;
+	/* zero pages committed on first touch: a large pool costs nothing
+	 * until sequences use it */
+	map = mmap(NULL, p->map_bytes, PROT_READ | PROT_WRITE,
+	    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (map == MAP_FAILED) {
+		free(p->free_ids);
+		free(p);
+		return orcd_errf(err, "kv: cannot map a pool of %d blocks (%.1f MB): %s",
+		    n_blocks, (double)(2 * half) / 1e6, strerror(errno));
+	}
+	p->k = map;
+	p->v = (uint16_t *)((char *)map + half);
+	/* lowest ids on top: a lightly used pool touches little memory */
+	for (int i = 0; i < n_blocks; i++)
+		p->free_ids[i] = n_blocks - 1 - i;
+	p->n_free = n_blocks;
+	*out = p;
+	return 0;
+}
+
+void
+cpu_kv_pool_free(struct cpu_kv_pool *p)
+{
+	if (p == NULL)
+		return;
+	munmap(p->k, p->map_bytes);
+	free(p->free_ids);
+	free(p);
+}
+
+int
+cpu_kv_pool_used(const struct cpu_kv_pool *p)
+{
+	return __atomic_load_n(&p->n_used_atomic, __ATOMIC_RELAXED);
+}
+
+int
+cpu_kv_init(struct cpu_kv_pool *p, int n_ctx, struct cpu_kv *kv, struct orcd_err *err)
+{
+	int n_tab;
 
 	memset(kv, 0, sizeof(*kv));
 	if (n_ctx <= 0)
 		return orcd_errf(err, "kv: context size %d must be positive", n_ctx);
+	n_tab = (int)(((int64_t)n_ctx + p->block_tokens - 1) / p->block_tokens);
+	kv->blocks = malloc((size_t)n_tab * sizeof(int32_t));
+	if (kv->blocks == NULL)
+		return orcd_errf(err, "kv: out of memory for a table of %d blocks", n_tab);
+	kv->pool = p;
 	kv->n_ctx = n_ctx;
-	kv->kv_dim = hp->n_head_kv * hp->head_dim;
-	kv->n_layer = hp->n_layer;
-	/* calloc: unwritten V positions must be finite (they meet zero weights). */
-	kv->k = calloc(per, sizeof(uint16_t));
-	kv->v = calloc(per, sizeof(uint16_t));
-	if (kv->k == NULL || kv->v == NULL) {
-		cpu_kv_release(kv);
-		return orcd_errf(err, "kv: out of memory for %d positions (%.1f MB)",
-		    n_ctx, (double)cpu_kv_bytes(e->m, n_ctx) / 1e6);
+	return 0;
+}
+
+int
+cpu_kv_reserve(struct cpu_kv *kv, int n_pos, struct orcd_err *err)
+{
+	struct cpu_kv_pool *p = kv->pool;
+	int need;
+
+	if (n_pos > kv->n_ctx)
+		return orcd_errf(err, "kv: %d positions exceed the sequence's context of %d",
+		    n_pos, kv->n_ctx);
+	need = (n_pos + p->block_tokens - 1) / p->block_tokens;
+	while (kv->n_blocks < need) {
+		if (p->n_free == 0)
+			return orcd_errf(err, "kv: the pool's %d blocks are all in use",
+			    p->n_blocks);
+		kv->blocks[kv->n_blocks++] = p->free_ids[--p->n_free];
+		__atomic_add_fetch(&p->n_used_atomic, 1, __ATOMIC_RELAXED);
 	}
 	return 0;
 }
@@ -94,9 +177,36 @@ cpu_kv_init(const struct cpu_engine *e, int n_ctx, struct cpu_kv *kv,
 void
 cpu_kv_release(struct cpu_kv *kv)
 {
-	free(kv->k);
-	free(kv->v);
+	struct cpu_kv_pool *p = kv->pool;
+
+	if (p != NULL) {
+		for (int i = kv->n_blocks - 1; i >= 0; i--)
+			p->free_ids[p->n_free++] = kv->blocks[i];
+		__atomic_sub_fetch(&p->n_used_atomic, kv->n_blocks, __ATOMIC_RELAXED);
+	}
+	free(kv->blocks);
 	memset(kv, 0, sizeof(*kv));
+}
+
+/* Where position pos of a layer lives: K row (kv_dim elements) and the
+ * first V element of the block's transposed rows. */
+static inline uint16_t *
+kv_k_row(const struct cpu_kv *kv, int layer, int pos)
+{
+	const struct cpu_kv_pool *p = kv->pool;
+	int bt = p->block_tokens;
+
+	return p->k + (size_t)kv->blocks[pos / bt] * p->block_elems +
+	    ((size_t)layer * bt + (size_t)(pos % bt)) * p->kv_dim;
+}
+
+static inline uint16_t *
+kv_v_block(const struct cpu_kv *kv, int layer, int block)
+{
+	const struct cpu_kv_pool *p = kv->pool;
+
+	return p->v + (size_t)kv->blocks[block] * p->block_elems +
+	    (size_t)layer * p->kv_dim * p->block_tokens;
 }
 
 /* ------------------------------------------------------------ engine */
@@ -154,13 +264,17 @@ engine_reserve_ctx(struct cpu_engine *e, int n_ctx, struct orcd_err *err)
 		return 0;
 	free(e->w_scores);
 	free(e->w_p16);
+	free(e->w_vt);
 	e->w_scores = malloc(nt * (size_t)n_ctx * sizeof(float));
 	e->w_p16 = malloc(nt * (size_t)n_ctx * sizeof(uint16_t));
-	if (e->w_scores == NULL || e->w_p16 == NULL) {
+	e->w_vt = malloc(nt * (size_t)n_ctx * (size_t)e->m->hp.head_dim * sizeof(uint16_t));
+	if (e->w_scores == NULL || e->w_p16 == NULL || e->w_vt == NULL) {
 		free(e->w_scores);
 		free(e->w_p16);
+		free(e->w_vt);
 		e->w_scores = NULL;
 		e->w_p16 = NULL;
+		e->w_vt = NULL;
 		e->cap_ctx = 0;
 		return orcd_errf(err, "cpu: out of memory for attention scratch");
 	}
@@ -209,6 +323,7 @@ cpu_engine_free(struct cpu_engine *e)
 		free(e->act[i].buf);
 	free(e->w_scores);
 	free(e->w_p16);
+	free(e->w_vt);
 	free(e->w_q16);
 	free(e);
 }
@@ -472,17 +587,22 @@ att_task(void *arg, int task, int worker)
 	float *sc = e->w_scores + (size_t)worker * e->cap_ctx;
 	uint16_t *p16 = e->w_p16 + (size_t)worker * e->cap_ctx;
 	uint16_t *q16 = e->w_q16 + (size_t)worker * hd;
-	const uint16_t *kbase = kv->k + (size_t)j->layer * kv->n_ctx * kv->kv_dim +
-	    (size_t)g * hd;
-	const uint16_t *vbase = kv->v + ((size_t)j->layer * kv->kv_dim +
-	    (size_t)g * hd) * kv->n_ctx;
+	const struct cpu_kv_pool *kp = kv->pool;
+	int bt = kp->block_tokens;
+	uint16_t *vt = e->w_vt + (size_t)worker * e->cap_ctx * hd;
 	const float scale = 1.0f / sqrtf((float)hd);
 	float max = -INFINITY;
 	double sum = 0.0;
 
+	/* Scores block by block (each is its own dot product, so the result
+	 * is the same as over one contiguous cache). */
 	quant_fp16_row_from_fp32(q, q16, hd);
-	quant_matmul(ORCD_DTYPE_F16, hd, kbase, (size_t)kv->kv_dim * sizeof(uint16_t), n,
-	    q16, 0, 1, sc, (size_t)n);
+	for (int b0 = 0; b0 < n; b0 += bt) {
+		int nb = n - b0 < bt ? n - b0 : bt;
+
+		quant_matmul(ORCD_DTYPE_F16, hd, kv_k_row(kv, j->layer, b0) + (size_t)g * hd,
+		    (size_t)kp->kv_dim * sizeof(uint16_t), nb, q16, 0, 1, sc + b0, (size_t)n);
+	}
 	for (int i = 0; i < n; i++) {
 		sc[i] *= scale;
 		if (sc[i] > max)
@@ -496,7 +616,17 @@ att_task(void *arg, int task, int worker)
 	for (int i = 0; i < n; i++)
 		sc[i] *= inv;
 	quant_fp16_row_from_fp32(sc, p16, n);
-	quant_matmul(ORCD_DTYPE_F16, n, vbase, (size_t)kv->n_ctx * sizeof(uint16_t), hd,
+	/* V rows of this head gathered into [hd][n], then one product: the
+	 * same sums in the same order as a contiguous cache gives. */
+	for (int b0 = 0, blk = 0; b0 < n; b0 += bt, blk++) {
+		int nb = n - b0 < bt ? n - b0 : bt;
+		const uint16_t *vb = kv_v_block(kv, j->layer, blk) + (size_t)g * hd * bt;
+
+		for (int d = 0; d < hd; d++)
+			memcpy(vt + (size_t)d * n + b0, vb + (size_t)d * bt,
+			    (size_t)nb * sizeof(uint16_t));
+	}
+	quant_matmul(ORCD_DTYPE_F16, n, vt, (size_t)n * sizeof(uint16_t), hd,
 	    p16, 0, 1, out, (size_t)hd);
 }
 
@@ -536,6 +666,9 @@ cpu_forward(struct cpu_engine *e, const struct cpu_batch *b, float *logits,
 		if (b->pos[t] < 0 || b->pos[t] >= b->kv[t]->n_ctx)
 			return orcd_errf(err, "cpu: position %d at batch index %d is "
 			    "outside the context (%d)", b->pos[t], t, b->kv[t]->n_ctx);
+		if (b->pos[t] >= b->kv[t]->n_blocks * b->kv[t]->pool->block_tokens)
+			return orcd_errf(err, "cpu: position %d at batch index %d has no "
+			    "KV block reserved", b->pos[t], t);
 		if (b->pos[t] + 1 > max_ctx)
 			max_ctx = b->pos[t] + 1;
 	}
@@ -578,12 +711,13 @@ cpu_forward(struct cpu_engine *e, const struct cpu_batch *b, float *logits,
 				rope_apply(hp, e->q + (size_t)t * q_dim + (size_t)h * hd, c, s);
 			for (int h = 0; h < hp->n_head_kv; h++)
 				rope_apply(hp, e->k + (size_t)t * kv_dim + (size_t)h * hd, c, s);
-			uint16_t *kd = kv->k + ((size_t)il * kv->n_ctx + p) * kv_dim;
+			int bt = kv->pool->block_tokens;
+			uint16_t *kd = kv_k_row(kv, il, p);
 			quant_fp16_row_from_fp32(e->k + (size_t)t * kv_dim, kd, (int64_t)kv_dim);
-			uint16_t *vd = kv->v + (size_t)il * kv_dim * kv->n_ctx + p;
+			uint16_t *vd = kv_v_block(kv, il, p / bt) + p % bt;
 			const float *vs = e->v + (size_t)t * kv_dim;
 			for (size_t d = 0; d < kv_dim; d++)
-				vd[d * kv->n_ctx] = quant_fp32_to_fp16(vs[d]);
+				vd[d * bt] = quant_fp32_to_fp16(vs[d]);
 			if (p + 1 > kv->n_used)
 				kv->n_used = p + 1;
 		}

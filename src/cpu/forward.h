@@ -17,14 +17,34 @@ struct model;
 struct cpu_engine;
 struct pool;
 
-/* KV cache of one sequence: n_ctx positions for every layer, f16. */
-struct cpu_kv {
-	int n_ctx;
-	int n_used;        /* positions written so far */
+/*
+ * Paged KV cache.  One pool of fixed-size blocks (block_tokens positions of
+ * every layer, f16) is mapped at startup; a sequence holds a table of block
+ * ids that grows as it advances (cpu_kv_reserve, on the loop thread between
+ * steps) and gives every block back the moment it ends.  Block layout:
+ * K [n_layer][block_tokens][kv_dim]; V [n_layer][kv_dim][block_tokens]
+ * (transposed, as llama.cpp keeps V).  The pool's free list is touched by
+ * one thread only (the loop); its counters are atomics any thread may read.
+ */
+struct cpu_kv_pool {
+	int block_tokens;
+	int n_blocks;
 	int kv_dim;        /* n_head_kv * head_dim */
 	int n_layer;
-	uint16_t *k;       /* [n_layer][n_ctx][kv_dim] */
-	uint16_t *v;       /* [n_layer][kv_dim][n_ctx]: transposed, as llama.cpp */
+	size_t block_elems;   /* f16 elements of K (or of V) in one block */
+	uint16_t *k, *v;      /* [n_blocks][block_elems] each */
+	size_t map_bytes;
+	int32_t *free_ids;    /* stack of free block ids */
+	int n_free;
+	int n_used_atomic;    /* blocks held by sequences (atomic) */
+};
+
+struct cpu_kv {
+	struct cpu_kv_pool *pool;
+	int n_ctx;         /* most positions this sequence may hold */
+	int n_used;        /* positions written so far */
+	int n_blocks;      /* blocks held: they cover n_blocks * block_tokens */
+	int32_t *blocks;   /* [ceil(n_ctx / block_tokens)] */
 };
 
 struct cpu_batch {
@@ -44,8 +64,22 @@ int cpu_engine_threads(const struct cpu_engine *e);
  * sampling every sequence of a step in parallel). */
 struct pool *cpu_engine_pool(struct cpu_engine *e);
 
-int cpu_kv_init(const struct cpu_engine *e, int n_ctx, struct cpu_kv *kv,
+/* A pool of n_blocks blocks of block_tokens positions for this model
+ * (lazily committed anonymous memory). */
+int cpu_kv_pool_new(const struct model *m, int n_blocks, int block_tokens,
+    struct cpu_kv_pool **out, struct orcd_err *err);
+void cpu_kv_pool_free(struct cpu_kv_pool *p);
+/* Bytes one block takes (K and V of every layer). */
+uint64_t cpu_kv_block_bytes(const struct model *m, int block_tokens);
+int cpu_kv_pool_used(const struct cpu_kv_pool *p);   /* any thread */
+
+/* A sequence of at most n_ctx positions holding no block yet. */
+int cpu_kv_init(struct cpu_kv_pool *p, int n_ctx, struct cpu_kv *kv,
     struct orcd_err *err);
+/* Blocks for positions [0, n_pos): -1 (blocks held so far are kept) when
+ * the pool has too few free blocks or n_pos exceeds n_ctx. */
+int cpu_kv_reserve(struct cpu_kv *kv, int n_pos, struct orcd_err *err);
+/* Gives every block back and frees the table. */
 void cpu_kv_release(struct cpu_kv *kv);
 /* Bytes a cache of n_ctx positions takes for this model. */
 uint64_t cpu_kv_bytes(const struct model *m, int n_ctx);
