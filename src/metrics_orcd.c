@@ -110,6 +110,8 @@ orcd_metrics_init(struct orcd *o)
 	    "tracked memory above which the newest requests are aborted (0 = none)", NULL);
 	m->kv_used = metrics_gauge(r, "orcd_kv_used_bytes", "KV cache held by requests", NULL);
 	m->kv_capacity = metrics_gauge(r, "orcd_kv_capacity_bytes", "KV cache the backend has", NULL);
+	m->kv_block = metrics_gauge(r, "orcd_kv_block_bytes",
+	    "bytes of one KV block (CPU) or one sequence slot (CUDA)", NULL);
 	m->mem_soft_violations = metrics_counter(r, "orcd_memory_soft_violations_total",
 	    "times tracked memory went above the soft limit", NULL);
 	m->mem_hard_violations = metrics_counter(r, "orcd_memory_hard_violations_total",
@@ -135,6 +137,7 @@ orcd_metrics_mem(struct orcd *o)
 	metric_gauge_set(o->m->mem_hard_limit, (double)o->cfg.mem_hard_limit);
 	metric_gauge_set(o->m->kv_used, (double)mem.kv_used);
 	metric_gauge_set(o->m->kv_capacity, (double)mem.kv_capacity);
+	metric_gauge_set(o->m->kv_block, (double)mem.kv_block_bytes);
 }
 
 void

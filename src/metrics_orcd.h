@@ -59,6 +59,7 @@ struct orcd_metrics {
 	struct metric_gauge *mem_hard_limit;
 	struct metric_gauge *kv_used;
 	struct metric_gauge *kv_capacity;
+	struct metric_gauge *kv_block;
 	struct metric_counter *mem_soft_violations;
 	struct metric_counter *mem_hard_violations;
 	struct metric_counter *emergency_aborts;
