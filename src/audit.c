@@ -122,7 +122,7 @@ audit_format(const struct audit_event *ev)
 	}
 	if (ev->chunks_bad >= 0)
 		json_object_set_new(o, "chunks_bad", json_integer(ev->chunks_bad));
-	line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
 	json_decref(o);
 	return line;
 }

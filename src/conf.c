@@ -51,6 +51,10 @@ static const struct opt opts[] = {
 	{ "residency-interval", OPT_DOUBLE, OFF(residency_interval_s), 0, 86400, "seconds between re-verifications that every VRAM allocation is device-resident (0 = only at load)" },
 	{ "cuda-graphs", OPT_INT, OFF(cuda_graphs), 0, 1, "CUDA backend: run decode steps (up to 64 tokens) as captured CUDA graphs (1) or launch their kernels one by one (0)" },
 	{ "max-job-id-bytes", OPT_INT, OFF(max_job_id_bytes), 1, 4096, "longest accepted job_id" },
+	{ "seal", OPT_STR, OFF(seal), 0, 0, "seal file of the model (orcd seal): verified over the loaded weights before serving (doc/seal.md)" },
+	{ "seal-key-file", OPT_STR, OFF(seal_key_file), 0, 0, "the seal's secret key file (mode 0600 or stricter)" },
+	{ "seal-reverify", OPT_DOUBLE, OFF(seal_reverify_s), 0, 86400, "seconds between re-verifications of the seal (0 = only at load)" },
+	{ "audit-log", OPT_STR, OFF(audit_log), 0, 0, "append audit events (JSON lines) to this file, or - for stderr" },
 };
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
 
@@ -78,6 +82,7 @@ conf_defaults(struct conf *c)
 	c->residency_interval_s = 60;
 	c->cuda_graphs = 1;
 	c->max_job_id_bytes = 256;
+	c->seal_reverify_s = 300;
 }
 
 void
@@ -86,6 +91,9 @@ conf_free(struct conf *c)
 	free(c->model);
 	free(c->backend);
 	free(c->ready_file);
+	free(c->seal);
+	free(c->seal_key_file);
+	free(c->audit_log);
 	for (int i = 0; i < c->n_listen; i++)
 		free(c->listen[i]);
 	memset(c, 0, sizeof(*c));

@@ -43,6 +43,10 @@ struct conf {
 	double residency_interval_s; /* VRAM residency re-verification, 0 = off */
 	int cuda_graphs;             /* CUDA: decode steps as CUDA graphs */
 	int max_job_id_bytes;
+	char *seal;                  /* seal file of the model, NULL: not sealed */
+	char *seal_key_file;
+	double seal_reverify_s;      /* seconds between re-verifications, 0 = off */
+	char *audit_log;             /* file, "-" or "stderr"; NULL: none */
 };
 
 void conf_defaults(struct conf *c);

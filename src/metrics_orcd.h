@@ -52,6 +52,10 @@ struct orcd_metrics {
 	struct metric_gauge *uptime;
 	struct metric_histogram *loop_lag;
 	struct metric_gauge *loop_lag_max;
+	/* with --seal only (NULL otherwise) */
+	struct metric_histogram *seal_verify_seconds;
+	struct metric_counter *seal_verifications[2];   /* ok, failed */
+	struct metric_gauge *sealed;
 };
 
 int orcd_metrics_init(struct orcd *o);

@@ -4,7 +4,9 @@
  * layout against values computed independently (Python hashlib/hmac, see
  * doc/seal.md), seal then verify, a flipped byte anywhere in the tensor
  * data named by chunk, a wrong key, a corpus of broken seal files and of
- * bad shard ids, key file permissions.
+ * bad shard ids, key file permissions; `orcd serve --seal`: refusal to
+ * start on a bad seal, and a byte flipped through the test hook
+ * (ORCD_TEST_SEAL_FLIP) turning /health unhealthy with an audit line.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -784,6 +786,185 @@ test_cpu_weights_digest(void **state)
 	event_base_free(base);
 }
 
+/* ------------------------------------------------------------ serve */
+
+static char serve_seal[4096];
+
+static char *
+file_text(const char *path)
+{
+	size_t n;
+	char *t = (char *)read_all(path, &n);
+
+	t[n] = '\0';
+	return t;
+}
+
+/* GET /health: the status code and the parsed body. */
+static int
+health(int port, json_t **body)
+{
+	static char resp[65536];
+	json_error_t je;
+	int status = test_http_get(port, "/health", resp, sizeof(resp));
+	const char *b = strstr(resp, "\r\n\r\n");
+
+	*body = b != NULL ? json_loads(b + 4, 0, &je) : NULL;
+	return status;
+}
+
+static void
+test_serve_sealed(void **state)
+{
+	struct test_server s;
+	char audit_path[4096];
+	json_t *h;
+	char *text, *out;
+
+	snprintf(serve_seal, sizeof(serve_seal), "%s/serve.seal", test_tmpdir);
+	out = run("'%s' seal -q -m '%s' --key-file '%s' --shard-id 'serve-1' -o '%s' 2>&1; "
+	    "echo rc=$?", test_orcd_bin, test_model_path, key_path, serve_seal);
+	assert_non_null(strstr(out, "rc=0"));
+	free(out);
+	snprintf(audit_path, sizeof(audit_path), "%s/serve-ok-audit.log", test_tmpdir);
+	test_server_start(&s, "sealed", "--seal", serve_seal, "--seal-key-file", key_path,
+	    "--seal-reverify", "0.2", "--audit-log", audit_path, NULL);
+	/* re-verifications pass and are audited */
+	for (double t0 = test_now(); test_now() - t0 < 20;) {
+		text = file_text(audit_path);
+		if (strstr(text, "\"event\":\"reverify_ok\"") != NULL)
+			break;
+		free(text);
+		text = NULL;
+		usleep(50000);
+	}
+	assert_non_null(text);
+	assert_non_null(strstr(text, "\"event\":\"verify_ok\""));
+	assert_non_null(strstr(text, "\"shard_id\":\"serve-1\""));
+	assert_null(strstr(text, secret));
+	free(text);
+	assert_int_equal(health(s.port, &h), 200);
+	assert_true(json_is_true(json_object_get(h, "sealed")));
+	assert_string_equal(json_string_value(json_object_get(h, "shard_id")), "serve-1");
+	json_decref(h);
+	assert_true(test_metric_double(s.port, "orcd_seal_verifications_total{result=\"ok\"} ") >= 2);
+	assert_true(test_metric_double(s.port, "orcd_sealed ") == 1);
+	assert_int_equal(test_server_stop(&s), 0);
+
+	/* without --seal: no "sealed" field and no seal metrics */
+	test_server_start(&s, "unsealed", NULL);
+	assert_int_equal(health(s.port, &h), 200);
+	assert_null(json_object_get(h, "sealed"));
+	json_decref(h);
+	assert_true(test_metric_double(s.port, "orcd_sealed ") < 0);
+	assert_int_equal(test_server_stop(&s), 0);
+}
+
+/* The test hook flips a byte before the first re-verification: /health
+ * turns 503 with sealed:false, new work gets 503, the audit log names the
+ * chunk, and no key material is written anywhere. */
+static void
+test_serve_flip_unhealthy(void **state)
+{
+	static char resp[65536];
+	struct test_server s;
+	char audit_path[4096];
+	json_t *h = NULL;
+	int status = 0;
+	char *text;
+
+	assert_true(serve_seal[0] != '\0');
+	snprintf(audit_path, sizeof(audit_path), "%s/serve-flip-audit.log", test_tmpdir);
+	setenv("ORCD_TEST_SEAL_FLIP", "1", 1);
+	test_server_start(&s, "flip", "--seal", serve_seal, "--seal-key-file", key_path,
+	    "--seal-reverify", "1", "--audit-log", audit_path, NULL);
+	unsetenv("ORCD_TEST_SEAL_FLIP");
+	for (double t0 = test_now(); test_now() - t0 < 20; usleep(50000)) {
+		json_decref(h);
+		status = health(s.port, &h);
+		if (status == 503 && json_is_false(json_object_get(h, "sealed")))
+			break;
+	}
+	assert_int_equal(status, 503);
+	assert_true(json_is_false(json_object_get(h, "sealed")));
+	assert_true(json_is_false(json_object_get(h, "ready")));
+	assert_string_equal(json_string_value(json_object_get(h, "status")), "unhealthy");
+	json_decref(h);
+	/* new work is refused */
+	assert_int_equal(test_http_post(s.port, "/execute", "{\"prompt\":\"Once\"}", NULL,
+	    resp, sizeof(resp)), 503);
+	assert_non_null(strstr(resp, "seal"));
+	assert_true(test_metric_double(s.port, "orcd_seal_verifications_total{result=\"failed\"} ") >= 1);
+	assert_true(test_metric_double(s.port, "orcd_sealed ") == 0);
+
+	text = file_text(audit_path);
+	assert_non_null(strstr(text, "\"event\":\"verify_ok\""));
+	assert_non_null(strstr(text, "\"event\":\"reverify_failed\""));
+	{
+		json_error_t je;
+		const char *start = strstr(text, "\"event\":\"reverify_failed\"");
+		while (start > text && start[-1] != '\n')
+			start--;
+		json_t *ev = json_loadb(start, (size_t)(strchr(start, '\n') - start), 0, &je);
+		assert_non_null(ev);
+		json_t *c = json_object_get(ev, "chunk");
+		assert_non_null(c);
+		assert_non_null(json_string_value(json_object_get(c, "tensor")));
+		assert_true(json_integer_value(json_object_get(c, "end")) >
+		    json_integer_value(json_object_get(c, "start")));
+		assert_int_equal(json_integer_value(json_object_get(ev, "chunks_bad")), 1);
+		assert_non_null(strstr(json_string_value(json_object_get(ev, "detail")),
+		    json_string_value(json_object_get(c, "tensor"))));
+		assert_int_equal(strlen(json_string_value(json_object_get(ev, "digest"))), 64);
+		json_decref(ev);
+	}
+	assert_null(strstr(text, secret));
+	free(text);
+	assert_int_equal(test_server_stop(&s), 0);
+	text = file_text(s.log);
+	assert_null(strstr(text, secret));
+	free(text);
+	/* the model file was not changed by the flip (copy-on-write) */
+	char *out = run("'%s' verify -q -m '%s' --seal '%s' --key-file '%s' 2>&1; echo rc=$?",
+	    test_orcd_bin, test_model_path, serve_seal, key_path);
+	assert_non_null(strstr(out, "OK: "));
+	free(out);
+}
+
+/* A bad seal keeps the worker from ever becoming ready: exit non-zero with
+ * the reason. */
+static void
+test_serve_refuses(void **state)
+{
+	char bad_key[4096], wrong_model_seal[4096];
+	char *out;
+
+	assert_true(serve_seal[0] != '\0');
+	snprintf(bad_key, sizeof(bad_key), "%s/open.key", test_tmpdir);
+	write_file(bad_key, "0123456789abcdef-test-secret\n", 29, 0644);
+	snprintf(wrong_model_seal, sizeof(wrong_model_seal), "%s/big.seal", test_tmpdir);
+	const struct { const char *seal, *key, *want; } c[] = {
+		{ serve_seal, key2_path, "signature bad" },
+		{ serve_seal, bad_key, "mode 0644" },
+		{ wrong_model_seal, key_path, "differs" },
+		{ "/nonexistent.seal", key_path, "/nonexistent.seal" },
+	};
+	for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) {
+		out = run("'%s' serve -m '%s' --listen 127.0.0.1:0 --threads 1 --seal '%s' "
+		    "--seal-key-file '%s' --ready-file '%s/never.ready' 2>&1; echo rc=$?",
+		    test_orcd_bin, test_model_path, c[i].seal, c[i].key, test_tmpdir);
+		if (strstr(out, c[i].want) == NULL || strstr(out, "rc=1") == NULL)
+			fail_msg("case %zu: expected '%s' and rc=1: %s", i, c[i].want, out);
+		assert_null(strstr(out, "ready: backend"));
+		free(out);
+	}
+	out = run("'%s' serve -m '%s' --listen 127.0.0.1:0 --seal '%s' 2>&1; echo rc=$?",
+	    test_orcd_bin, test_model_path, serve_seal);
+	assert_non_null(strstr(out, "--seal and --seal-key-file go together"));
+	assert_non_null(strstr(out, "rc=2"));
+	free(out);
+}
+
 /* ------------------------------------------------------------ main */
 
 static int
@@ -839,6 +1020,9 @@ main(void)
 		cmocka_unit_test(test_key_file),
 		cmocka_unit_test(test_audit_format),
 		cmocka_unit_test(test_cpu_weights_digest),
+		cmocka_unit_test(test_serve_sealed),
+		cmocka_unit_test(test_serve_flip_unhealthy),
+		cmocka_unit_test(test_serve_refuses),
 	};
 	int rc = test_server_init(false);
 
