@@ -23,6 +23,7 @@
 #include "orcd.h"
 #include "req.h"
 #include "sched.h"
+#include "seal_serve.h"
 #include "tokenizer.h"
 
 /* ------------------------------------------------------------ deadlines */
@@ -284,6 +285,12 @@ api_execute(struct orcd *o, struct conn *c)
 		    o->phase == ORCD_LOADING ? "the model is still loading" :
 		    o->phase == ORCD_DRAINING ? "the server is shutting down" :
 		    "the worker is not healthy: %s", o->load_error);
+		return;
+	}
+	/* the monitor clears the flag before the loop hears of the mismatch */
+	if (o->seal != NULL && !seal_serve_sealed(o->seal)) {
+		conn_respond_error(c, 503, "unhealthy", "the worker is not healthy: the "
+		    "model's weights no longer match their seal");
 		return;
 	}
 	r = req_new(o, c);

@@ -57,6 +57,10 @@ static const struct opt opts[] = {
 	{ "mem-hard-limit", OPT_BYTES, OFF(mem_hard_limit), 0, 9.0e18, "tracked memory above which the newest requests are aborted (vram_limit), 0 = none" },
 	{ "mem-snapshot-interval", OPT_DOUBLE, OFF(mem_snapshot_interval_s), 0, 86400, "seconds between memory snapshot log lines (0 = off)" },
 	{ "max-wait-ms", OPT_INT, OFF(max_wait_ms), 0, 10000, "hold a decode-only step this long for new arrivals when fewer than max-batch/4 streams run (0 = never)" },
+	{ "seal", OPT_STR, OFF(seal), 0, 0, "seal file of the model (orcd seal): verified over the loaded weights before serving (doc/seal.md)" },
+	{ "seal-key-file", OPT_STR, OFF(seal_key_file), 0, 0, "the seal's secret key file (mode 0600 or stricter)" },
+	{ "seal-reverify", OPT_DOUBLE, OFF(seal_reverify_s), 0, 86400, "seconds between re-verifications of the seal (0 = only at load)" },
+	{ "audit-log", OPT_STR, OFF(audit_log), 0, 0, "append audit events (JSON lines) to this file, or - for stderr" },
 };
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
 
@@ -86,6 +90,7 @@ conf_defaults(struct conf *c)
 	c->max_job_id_bytes = 256;
 	c->kv_block_tokens = 32;
 	c->mem_snapshot_interval_s = 60;
+	c->seal_reverify_s = 300;
 }
 
 void
@@ -94,6 +99,9 @@ conf_free(struct conf *c)
 	free(c->model);
 	free(c->backend);
 	free(c->ready_file);
+	free(c->seal);
+	free(c->seal_key_file);
+	free(c->audit_log);
 	for (int i = 0; i < c->n_listen; i++)
 		free(c->listen[i]);
 	memset(c, 0, sizeof(*c));

@@ -49,6 +49,10 @@ struct conf {
 	long mem_hard_limit;         /* tracked bytes: above, newest aborted */
 	double mem_snapshot_interval_s; /* memory snapshot log period, 0 = off */
 	int max_wait_ms;             /* hold a small decode batch for arrivals */
+	char *seal;                  /* seal file of the model, NULL: not sealed */
+	char *seal_key_file;
+	double seal_reverify_s;      /* seconds between re-verifications, 0 = off */
+	char *audit_log;             /* file, "-" or "stderr"; NULL: none */
 };
 
 void conf_defaults(struct conf *c);

@@ -7,6 +7,7 @@
 #include "config.h"
 #include "cpu/quant.h"
 #include "generate.h"
+#include "seal_cmd.h"
 #include "serve.h"
 
 static void
@@ -20,6 +21,10 @@ usage(FILE *f)
 	    "             (orcd serve --help for options)\n"
 	    "  generate   run one prompt on the CPU engine and print the text\n"
 	    "             (orcd generate --help for options)\n"
+	    "  seal       digest and sign a model's tensor data into a seal file\n"
+	    "             (orcd seal --help; doc/seal.md)\n"
+	    "  verify     check a model against its seal file on the CPU\n"
+	    "             (orcd verify --help)\n"
 	    "  version    print the version and the CPU kernels in use\n"
 	    "\n"
 	    "See orcd(8) and README.md.\n");
@@ -45,6 +50,10 @@ main(int argc, char **argv)
 		return serve_main(argc - 1, argv + 1);
 	if (strcmp(argv[1], "generate") == 0)
 		return generate_main(argc - 1, argv + 1);
+	if (strcmp(argv[1], "seal") == 0)
+		return seal_main(argc - 1, argv + 1);
+	if (strcmp(argv[1], "verify") == 0)
+		return verify_main(argc - 1, argv + 1);
 	if (strcmp(argv[1], "version") == 0) {
 version:
 		quant_init();

@@ -120,6 +120,22 @@ orcd_metrics_init(struct orcd *o)
 	    "requests aborted to bring memory under the hard limit", NULL);
 	m->leaked_bytes = metrics_gauge(r, "orcd_leaked_bytes",
 	    "tracked memory above the baseline when the last request drained (should be 0)", NULL);
+	if (o->cfg.seal != NULL) {
+		double sec[16];
+
+		/* a verification of a small model takes milliseconds, of a large
+		 * one on the CPU tens of seconds */
+		metrics_buckets_exponential(0.001, 2.0, 16, sec);
+		m->seal_verify_seconds = metrics_histogram(r, "orcd_seal_verify_seconds",
+		    "duration of a seal verification (load and re-verifications)", NULL,
+		    sec, 16);
+		m->seal_verifications[0] = metrics_counter(r, "orcd_seal_verifications_total",
+		    "seal verifications by result", "result=\"ok\"");
+		m->seal_verifications[1] = metrics_counter(r, "orcd_seal_verifications_total",
+		    "seal verifications by result", "result=\"failed\"");
+		m->sealed = metrics_gauge(r, "orcd_sealed",
+		    "1 while the served weights match their seal", NULL);
+	}
 	return 0;
 }
 

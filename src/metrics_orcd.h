@@ -64,6 +64,10 @@ struct orcd_metrics {
 	struct metric_counter *mem_hard_violations;
 	struct metric_counter *emergency_aborts;
 	struct metric_gauge *leaked_bytes;
+	/* with --seal only (NULL otherwise) */
+	struct metric_histogram *seal_verify_seconds;
+	struct metric_counter *seal_verifications[2];   /* ok, failed */
+	struct metric_gauge *sealed;
 };
 
 /* Sets the memory gauges from the scheduler's view (loop thread). */

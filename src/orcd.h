@@ -22,6 +22,8 @@ struct server;
 struct metrics;
 struct orcd_metrics;
 struct orcd_monitor;
+struct audit;
+struct seal_serve;
 
 enum orcd_phase {
 	ORCD_LOADING,     /* listener up, model loading on a thread */
@@ -45,7 +47,7 @@ typedef void (*orcd_trace_fn)(void *arg, const struct req *r, int from, int to);
 
 /* The cached /health view, rebuilt by a timer, read by GET /health. */
 struct health_snapshot {
-	char json[1024];
+	char json[1536];
 	int len;
 	int status;              /* 200 or 503 */
 };
@@ -75,7 +77,9 @@ struct orcd {
 	int n_signals;
 	int exit_code;
 	uint64_t next_id;        /* connection / request ids */
-	struct orcd_monitor *monitor; /* residency re-verification thread */
+	struct orcd_monitor *monitor; /* residency and seal re-verification thread */
+	struct audit *audit;     /* --audit-log (any thread) */
+	struct seal_serve *seal; /* --seal: set by load_done; flag read atomically */
 	orcd_trace_fn trace;     /* NULL except in tests */
 	void *trace_arg;
 };

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -26,6 +27,7 @@
 #include "config.h"
 
 #include "orcd/backend.h"
+#include "audit.h"
 #include "backend_open.h"
 #include "conn.h"
 #include "generate.h"
@@ -35,6 +37,7 @@
 #include "orcd.h"
 #include "req.h"
 #include "sched.h"
+#include "seal_serve.h"
 #include "serve.h"
 #include "server.h"
 #include "sse.h"
@@ -103,20 +106,29 @@ orcd_refresh_health(struct orcd *o)
 	if (o->backend != NULL && o->backend->ops->health != NULL)
 		o->backend->ops->health(o->backend, &bh);
 	double since = bh.checked_at > 0 ? orcd_now() - bh.checked_at : 0.0;
+	/* with --seal: whether the weights matched at the last verification (an
+	 * atomic flag the monitor clears; shard ids need no JSON escaping) */
+	char sealed[320] = "";
+	bool seal_ok = o->cfg.seal == NULL || seal_serve_sealed(o->seal);
+	bool ready = o->phase == ORCD_READY && seal_ok;
+	if (o->cfg.seal != NULL)
+		snprintf(sealed, sizeof(sealed), ",\"sealed\":%s,\"shard_id\":\"%s\"",
+		    seal_ok ? "true" : "false", seal_serve_shard_id(o->seal));
 	n = snprintf(h->json, sizeof(h->json), "{\"status\":\"%s\",\"ready\":%s,"
 	    "\"resident\":%s,\"vram_bytes_used\":%llu,\"last_check_secs\":%.3f,"
 	    "\"model\":\"%s\",\"backend\":\"%s\",\"uptime_s\":%.3f,\"active\":%d,"
-	    "\"queued\":%d,\"connections\":%d}\n", names[o->phase],
-	    o->phase == ORCD_READY ? "true" : "false",
+	    "\"queued\":%d,\"connections\":%d%s}\n",
+	    o->phase == ORCD_READY && !seal_ok ? "unhealthy" : names[o->phase],
+	    ready ? "true" : "false",
 	    o->backend != NULL && bh.resident ? "true" : "false",
 	    (unsigned long long)bh.vram_bytes_used, since, model,
 	    o->backend ? o->backend->ops->name : "none", orcd_now() - o->t_start,
 	    o->sched ? sched_n_active(o->sched) : 0, o->sched ? sched_n_queued(o->sched) : 0,
-	    conn_count(o));
+	    conn_count(o), sealed);
 	h->len = n < (int)sizeof(h->json) ? n : (int)sizeof(h->json) - 1;
-	h->status = o->phase == ORCD_READY ? 200 : 503;
+	h->status = ready ? 200 : 503;
 	if (o->m != NULL)
-		metric_gauge_set(o->m->ready, o->phase == ORCD_READY);
+		metric_gauge_set(o->m->ready, ready);
 }
 
 static void
@@ -167,8 +179,11 @@ lag_timer_cb(evutil_socket_t fd, short what, void *arg)
 /* ------------------------------------------------------------ monitor */
 
 /* A thread that re-verifies the backend's VRAM residency every
- * residency-interval seconds (device calls never run on the loop); a
- * violation goes to the loop, which marks the worker unhealthy. */
+ * residency-interval seconds and the seal every seal-reverify seconds
+ * (device calls and hashing never run on the loop); a violation or a
+ * mismatch goes to the loop, which marks the worker unhealthy.  A seal
+ * mismatch clears the seal's atomic flag first, so admission stops at
+ * once. */
 struct orcd_monitor {
 	struct orcd *o;
 	pthread_t thread;
@@ -199,39 +214,112 @@ monitor_violation(struct cq_item *item)
 	free(ev);
 }
 
+static void
+monitor_seal_failed(struct cq_item *item)
+{
+	struct monitor_event *ev = (struct monitor_event *)item;
+	struct orcd *o = ev->o;
+
+	if (o->phase == ORCD_READY) {
+		o->phase = ORCD_FAILED;
+		snprintf(o->load_error, sizeof(o->load_error), "seal re-verification failed: "
+		    "%.400s", ev->msg);
+	}
+	orcd_refresh_health(o);
+	free(ev);
+}
+
+static void
+monitor_post(struct orcd *o, void (*fn)(struct cq_item *), const char *msg)
+{
+	struct monitor_event *ev = calloc(1, sizeof(*ev));
+
+	if (ev == NULL)
+		return;
+	ev->item.fn = fn;
+	ev->o = o;
+	snprintf(ev->msg, sizeof(ev->msg), "%.500s", msg);
+	cq_push(o->cq, &ev->item);
+}
+
+static void
+monitor_residency(struct orcd *o)
+{
+	struct orcd_err err;
+	struct audit_event aev;
+	char msg[600];
+	int v;
+
+	err.msg[0] = '\0';
+	v = o->backend->ops->verify(o->backend, &err);
+	if (v == 0)
+		return;
+	snprintf(msg, sizeof(msg), "%d allocation(s): %s", v, err.msg);
+	audit_event_init(&aev, "residency_violation", o->cfg.model);
+	aev.detail = msg;
+	if (audit_emit(o->audit, &aev, &err) != 0)
+		log_error("%s", err.msg);
+	monitor_post(o, monitor_violation, msg);
+}
+
+static void
+monitor_seal(struct orcd *o)
+{
+	struct orcd_err err;
+
+	if (seal_serve_reverify(o->seal, &err) != 0)
+		monitor_post(o, monitor_seal_failed, err.msg);
+}
+
+/* Absolute CLOCK_REALTIME time (for pthread_cond_timedwait) dt seconds on. */
+static struct timespec
+realtime_in(double dt)
+{
+	struct timespec ts;
+	double when;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	when = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + (dt > 0 ? dt : 0);
+	ts.tv_sec = (time_t)when;
+	ts.tv_nsec = (long)((when - (double)ts.tv_sec) * 1e9);
+	if (ts.tv_nsec >= 1000000000L)
+		ts.tv_nsec = 999999999L;
+	return ts;
+}
+
 static void *
 monitor_main(void *arg)
 {
 	struct orcd_monitor *mon = arg;
 	struct orcd *o = mon->o;
 
+	bool residency = o->backend->ops->verify != NULL && o->cfg.residency_interval_s > 0;
+	bool seal = o->seal != NULL && o->cfg.seal_reverify_s > 0;
+	double next_res = residency ? orcd_now() + o->cfg.residency_interval_s : INFINITY;
+	double next_seal = seal ? orcd_now() + o->cfg.seal_reverify_s : INFINITY;
+
 	pthread_mutex_lock(&mon->mu);
 	while (!mon->stop) {
-		struct timespec ts;
-		double when;
+		double next = next_res < next_seal ? next_res : next_seal;
+		struct timespec ts = realtime_in(next - orcd_now());
 
-		clock_gettime(CLOCK_REALTIME, &ts);
-		when = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + o->cfg.residency_interval_s;
-		ts.tv_sec = (time_t)when;
-		ts.tv_nsec = (long)((when - (double)ts.tv_sec) * 1e9);
 		pthread_cond_timedwait(&mon->cv, &mon->mu, &ts);
 		if (mon->stop)
 			break;
 		pthread_mutex_unlock(&mon->mu);
-		struct orcd_err err;
-		err.msg[0] = '\0';
-		int v = o->backend->ops->verify(o->backend, &err);
-		if (v != 0) {
-			struct monitor_event *ev = calloc(1, sizeof(*ev));
-
-			if (ev != NULL) {
-				ev->item.fn = monitor_violation;
-				ev->o = o;
-				snprintf(ev->msg, sizeof(ev->msg), "%d allocation(s): %s", v, err.msg);
-				cq_push(o->cq, &ev->item);
-			}
+		if (orcd_now() >= next_res) {
+			monitor_residency(o);
+			next_res = orcd_now() + o->cfg.residency_interval_s;
+		}
+		if (orcd_now() >= next_seal) {
+			monitor_seal(o);
+			/* after a mismatch the worker stays unhealthy until restarted */
+			next_seal = seal_serve_sealed(o->seal) ? orcd_now() +
+			    o->cfg.seal_reverify_s : INFINITY;
 		}
 		pthread_mutex_lock(&mon->mu);
+		if (next_res == INFINITY && next_seal == INFINITY)
+			break;   /* nothing left to check */
 	}
 	pthread_mutex_unlock(&mon->mu);
 	return NULL;
@@ -242,7 +330,8 @@ monitor_start(struct orcd *o)
 {
 	struct orcd_monitor *mon;
 
-	if (o->backend->ops->verify == NULL || o->cfg.residency_interval_s <= 0)
+	if ((o->backend->ops->verify == NULL || o->cfg.residency_interval_s <= 0) &&
+	    (o->seal == NULL || o->cfg.seal_reverify_s <= 0))
 		return;
 	mon = calloc(1, sizeof(*mon));
 	if (mon == NULL)
@@ -251,7 +340,7 @@ monitor_start(struct orcd *o)
 	pthread_mutex_init(&mon->mu, NULL);
 	pthread_cond_init(&mon->cv, NULL);
 	if (pthread_create(&mon->thread, NULL, monitor_main, mon) != 0) {
-		log_warn("cannot start the residency monitor thread");
+		log_warn("cannot start the monitor thread");
 		free(mon);
 		return;
 	}
@@ -284,6 +373,7 @@ struct load_job {
 	struct model *model;
 	struct backend *backend;
 	struct sse_vocab *vocab;
+	struct seal_serve *seal;
 	struct orcd_err err;
 	int status;
 	double t_model, t_backend;
@@ -309,6 +399,7 @@ load_done(struct cq_item *item)
 	o->model = j->model;
 	o->backend = j->backend;
 	o->vocab = j->vocab;
+	o->seal = j->seal;
 	metric_gauge_set(o->m->phase_model_load, j->t_model);
 	metric_gauge_set(o->m->phase_backend_init, j->t_backend);
 	free(j);
@@ -369,6 +460,15 @@ load_run(struct load_job *j)
 		bo.kv_block_tokens = o->cfg.kv_block_tokens;
 		j->status = backend_open(j->model, &bo, o->cq, &j->backend, &j->err);
 		j->t_backend = orcd_now() - t0;
+		/* the seal: over the bytes the backend holds, before anything is served */
+		if (j->status == 0 && o->cfg.seal != NULL) {
+			j->status = seal_serve_open(&o->cfg, j->model, j->backend, o->audit, o->m,
+			    &j->seal, &j->err);
+			if (j->status != 0) {
+				j->backend->ops->destroy(j->backend);
+				j->backend = NULL;
+			}
+		}
 		if (j->status != 0) {
 			sse_vocab_free(j->vocab);
 			j->vocab = NULL;
@@ -498,6 +598,8 @@ orcd_init(struct orcd *o, struct orcd_err *err)
 		return orcd_errf(err, "cannot set event priorities");
 	if ((o->cq = cq_new(o->base, err)) == NULL)
 		return -1;
+	if (audit_open(o->cfg.audit_log, &o->audit, err) != 0)
+		return -1;
 	if (orcd_metrics_init(o) != 0)
 		return orcd_errf(err, "out of memory for metrics");
 	o->health_timer = event_new(o->base, -1, EV_PERSIST, health_timer_cb, o);
@@ -525,6 +627,8 @@ void
 orcd_fini(struct orcd *o)
 {
 	monitor_stop(o);
+	seal_serve_free(o->seal);
+	o->seal = NULL;
 	server_free(o);
 	if (o->backend != NULL)
 		o->backend->ops->destroy(o->backend);
@@ -551,6 +655,8 @@ orcd_fini(struct orcd *o)
 	o->health_timer = o->lag_timer = o->grace_timer = o->sig_term = o->sig_int = NULL;
 	cq_free(o->cq);
 	o->cq = NULL;
+	audit_close(o->audit);
+	o->audit = NULL;
 	orcd_metrics_free(o);
 	if (o->base)
 		event_base_free(o->base);
@@ -584,6 +690,11 @@ serve_main(int argc, char **argv)
 		return 2;
 	}
 	log_set_level((enum log_level)o.cfg.log_level);
+	if ((o.cfg.seal == NULL) != (o.cfg.seal_key_file == NULL)) {
+		fprintf(stderr, "orcd serve: --seal and --seal-key-file go together\n");
+		conf_free(&o.cfg);
+		return 2;
+	}
 	if (o.cfg.model == NULL) {
 		if (generate_default_model(model_path, sizeof(model_path), &err) != 0) {
 			fprintf(stderr, "orcd serve: %s\n", err.msg);

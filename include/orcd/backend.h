@@ -88,6 +88,18 @@ struct backend_ops {
 	    struct orcd_err *err);
 	/* Cheap, any thread: cached counters only. */
 	void (*mem)(struct backend *b, struct backend_mem *m);
+	/* Seal digests (doc/seal.md), any thread but the loop: for each chunk,
+	 * given by its host pointer into the mmap'd GGUF tensor data and its
+	 * length (1 .. 1 MiB), the chunk digest computed over the copy of
+	 * those bytes that the backend actually computes with.  NULL: sealing
+	 * is not supported by this backend. */
+	int (*weights_digest)(struct backend *b, const void *const *chunk_host,
+	    const uint32_t *chunk_len, int n_chunks, uint8_t (*digests)[32],
+	    struct orcd_err *err);
+	/* Test only (ORCD_TEST_SEAL_FLIP): flips the lowest bit of the
+	 * backend's copy of the byte at chunk_host (a host pointer into the
+	 * tensor data, as above).  NULL: not supported. */
+	int (*debug_flip)(struct backend *b, const void *chunk_host, struct orcd_err *err);
 };
 
 struct backend {

@@ -4,20 +4,32 @@
  * (the engine thread is the pool's caller), samples one token for every
  * sequence that wants one and pushes the step back to the loop through the
  * completion queue.  The loop thread never computes.
+ *
+ * Seal digests run over what the engine reads: the mmap for the matrices
+ * and embeddings, and the float copies for the norm weights and biases
+ * (model.c converts those at load; an F32 tensor's copy holds the same
+ * bytes as the file, any other type's copy is checked against a fresh
+ * conversion of the mapped bytes).
  */
+#include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/queue.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "orcd/backend.h"
+#include "orcd/dtype.h"
 #include "cpu/forward.h"
 #include "cpu/pool.h"
+#include "cpu/quant.h"
 #include "model.h"
 #include "orcd.h"
 #include "sampler.h"
+#include "seal.h"
 #include "worker.h"
 
 struct backend_seq {
@@ -25,6 +37,20 @@ struct backend_seq {
 };
 
 #define KV_BLOCK_TOKENS_DEFAULT 32
+
+/* Seal digests of the weights use at most this many threads: a
+ * re-verification runs beside serving and should not take every core. */
+#define SEAL_DIGEST_THREADS 4
+
+/* A tensor the engine reads from a float copy rather than the mmap. */
+struct cpu_copy {
+	const uint8_t *src;       /* the tensor's bytes in the mmap */
+	uint64_t nbytes;
+	int type;                 /* its file type */
+	float *copy;              /* n floats, owned by the model */
+	int64_t n;
+	char name[96];
+};
 
 struct cpu_backend {
 	struct backend b;
@@ -40,6 +66,10 @@ struct cpu_backend {
 	int *sample_seq;          /* logits row k belongs to seqs[sample_seq[k]] */
 	struct cpu_kv_pool *kv;    /* free list: loop thread only */
 	uint64_t block_bytes;
+	/* seal digests (the monitor or loader thread) */
+	struct cpu_copy *copies;
+	int n_copies;
+	int digest_threads;
 };
 
 static int
@@ -219,6 +249,7 @@ cpu_destroy(struct backend *b)
 	free(cb->tokens); free(cb->pos); free(cb->kvs); free(cb->want);
 	free(cb->logits);
 	free(cb->sample_seq);
+	free(cb->copies);
 	free(cb);
 }
 
@@ -228,6 +259,163 @@ cpu_health(struct backend *b, struct backend_health *h)
 	h->vram_bytes_used = 0;
 	h->resident = true;  /* host memory is where the CPU engine's model lives */
 	h->checked_at = 0;
+	return 0;
+}
+
+/* ------------------------------------------------------------ seal */
+
+static int
+add_copy(struct cpu_backend *cb, const char *name, float *copy, struct orcd_err *err)
+{
+	const struct gguf_tensor *t;
+	struct cpu_copy *c;
+
+	if (copy == NULL)
+		return 0; /* an optional tensor the model does not have */
+	t = gguf_find_tensor(cb->b.model->gguf, name);
+	if (t == NULL)
+		return orcd_errf(err, "cpu backend: tensor '%s' has a copy but no data", name);
+	c = &cb->copies[cb->n_copies++];
+	c->src = t->data;
+	c->nbytes = t->nbytes;
+	c->type = t->type;
+	c->copy = copy;
+	c->n = (int64_t)t->ne[0];
+	snprintf(c->name, sizeof(c->name), "%s", name);
+	return 0;
+}
+
+/* The model's float copies: per layer the two norms and up to three
+ * biases, and the output norm (model.c's bind_vector calls). */
+static int
+find_copies(struct cpu_backend *cb, struct orcd_err *err)
+{
+	const struct model *m = cb->b.model;
+	char name[96];
+
+	cb->copies = calloc((size_t)m->hp.n_layer * 5 + 1, sizeof(*cb->copies));
+	if (cb->copies == NULL)
+		return orcd_errf(err, "cpu backend: out of memory");
+	for (int il = 0; il < m->hp.n_layer; il++) {
+		const struct model_layer *L = &m->layers[il];
+		static const char *names[] = { "attn_norm.weight", "ffn_norm.weight",
+		    "attn_q.bias", "attn_k.bias", "attn_v.bias" };
+		float *v[] = { L->attn_norm, L->ffn_norm, L->bq, L->bk, L->bv };
+
+		for (int k = 0; k < 5; k++) {
+			snprintf(name, sizeof(name), "blk.%d.%s", il, names[k]);
+			if (add_copy(cb, name, v[k], err) != 0)
+				return -1;
+		}
+	}
+	return add_copy(cb, "output_norm.weight", m->output_norm, err);
+}
+
+static struct cpu_copy *
+copy_find(struct cpu_backend *cb, const uint8_t *p)
+{
+	for (int i = 0; i < cb->n_copies; i++)
+		if (p >= cb->copies[i].src && p < cb->copies[i].src + cb->copies[i].nbytes)
+			return &cb->copies[i];
+	return NULL;
+}
+
+/* A copy that is not the file's bytes (a converted F16/BF16 vector) must
+ * equal a fresh conversion of the mapped bytes. */
+static int
+copy_check(const struct cpu_copy *c, struct orcd_err *err)
+{
+	float *fresh = malloc((size_t)c->n * sizeof(float));
+	int rc = 0;
+
+	if (fresh == NULL)
+		return orcd_errf(err, "cpu backend: out of memory");
+	quant_dequantize_row(c->type, c->src, fresh, c->n);
+	if (memcmp(fresh, c->copy, (size_t)c->n * sizeof(float)) != 0)
+		rc = orcd_errf(err, "cpu backend: the converted copy of tensor '%s' the "
+		    "engine reads differs from its mapped bytes", c->name);
+	free(fresh);
+	return rc;
+}
+
+static int
+cpu_weights_digest(struct backend *b, const void *const *chunk_host,
+    const uint32_t *chunk_len, int n_chunks, uint8_t (*digests)[32],
+    struct orcd_err *err)
+{
+	struct cpu_backend *cb = b->impl;
+	const struct gguf_file *g = b->model->gguf;
+	const void **read_at;
+	bool *checked;
+	int rc = -1;
+
+	if (n_chunks <= 0)
+		return orcd_errf(err, "cpu backend: no chunks to digest");
+	read_at = malloc((size_t)n_chunks * sizeof(*read_at));
+	checked = calloc((size_t)cb->n_copies + 1, sizeof(*checked));
+	if (read_at == NULL || checked == NULL) {
+		orcd_errf(err, "cpu backend: out of memory for %d chunks", n_chunks);
+		goto out;
+	}
+	for (int i = 0; i < n_chunks; i++) {
+		const uint8_t *p = chunk_host[i];
+		struct cpu_copy *c;
+
+		if (p < g->base || chunk_len[i] > g->size ||
+		    (size_t)(p - g->base) > g->size - chunk_len[i]) {
+			orcd_errf(err, "cpu backend: chunk %d is not inside the model file", i);
+			goto out;
+		}
+		read_at[i] = p;
+		if ((c = copy_find(cb, p)) == NULL)
+			continue;
+		if (c->type == ORCD_DTYPE_F32) {
+			if ((uint64_t)(p - c->src) + chunk_len[i] > c->nbytes) {
+				orcd_errf(err, "cpu backend: chunk %d runs past tensor '%s'",
+				    i, c->name);
+				goto out;
+			}
+			read_at[i] = (const uint8_t *)c->copy + (p - c->src);
+		} else if (!checked[c - cb->copies]) {
+			if (copy_check(c, err) != 0)
+				goto out;
+			checked[c - cb->copies] = true;
+		}
+	}
+	rc = seal_digest_host(read_at, chunk_len, (size_t)n_chunks, cb->digest_threads,
+	    digests, NULL, NULL, 0, err);
+out:
+	free(read_at);
+	free(checked);
+	return rc;
+}
+
+static int
+cpu_debug_flip(struct backend *b, const void *chunk_host, struct orcd_err *err)
+{
+	struct cpu_backend *cb = b->impl;
+	const struct gguf_file *g = b->model->gguf;
+	const uint8_t *p = chunk_host;
+	struct cpu_copy *c = copy_find(cb, p);
+	long page = sysconf(_SC_PAGESIZE);
+	uint8_t *pg;
+
+	if (p < g->base || p >= g->base + g->size)
+		return orcd_errf(err, "cpu backend: the byte to flip is not in the model");
+	if (c != NULL && c->type == ORCD_DTYPE_F32) {
+		((uint8_t *)c->copy)[p - c->src] ^= 1;
+		return 0;
+	}
+	if (!g->mapped)
+		return orcd_errf(err, "cpu backend: the model is not an mmap'd file");
+	/* MAP_PRIVATE: the write makes a private copy of the page; the file
+	 * is untouched */
+	pg = (uint8_t *)((uintptr_t)p & ~(uintptr_t)(page - 1));
+	if (mprotect(pg, (size_t)page, PROT_READ | PROT_WRITE) != 0)
+		return orcd_errf(err, "cpu backend: mprotect: %s", strerror(errno));
+	pg[p - pg] ^= 1;
+	if (mprotect(pg, (size_t)page, PROT_READ) != 0)
+		return orcd_errf(err, "cpu backend: mprotect: %s", strerror(errno));
 	return 0;
 }
 
@@ -241,6 +429,8 @@ static const struct backend_ops cpu_ops = {
 	.destroy = cpu_destroy,
 	.seq_reserve = cpu_seq_reserve,
 	.mem = cpu_mem,
+	.weights_digest = cpu_weights_digest,
+	.debug_flip = cpu_debug_flip,
 };
 
 /* Default pool: n_seqs sequences of n_ctx positions, at most a quarter of
@@ -285,18 +475,28 @@ backend_cpu_new_opts(const struct model *m, const struct backend_cpu_opts *o,
 	cb->b.model = m;
 	cb->b.cq = cq;
 	cb->b.impl = cb;
+	cb->digest_threads = o->n_threads > 0 && o->n_threads < SEAL_DIGEST_THREADS ?
+	    o->n_threads : SEAL_DIGEST_THREADS;
+	if (find_copies(cb, err) != 0) {
+		free(cb->copies);
+		free(cb);
+		return -1;
+	}
 	if (cpu_kv_pool_new(m, (int)n_blocks, bt, &cb->kv, err) != 0) {
+		free(cb->copies);
 		free(cb);
 		return -1;
 	}
 	if (cpu_engine_new(m, o->n_threads, &cb->engine, err) != 0) {
 		cpu_kv_pool_free(cb->kv);
+		free(cb->copies);
 		free(cb);
 		return -1;
 	}
 	if ((cb->thread = worker_start(engine_job, NULL, cb, err)) == NULL) {
 		cpu_engine_free(cb->engine);
 		cpu_kv_pool_free(cb->kv);
+		free(cb->copies);
 		free(cb);
 		return -1;
 	}
