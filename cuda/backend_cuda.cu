@@ -15,6 +15,7 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <pthread.h>
 #include <new>
 
 #include <stdio.h>
@@ -28,8 +29,11 @@ extern "C" {
 #include "orcd/dtype.h"
 #include "orcd/vram.h"
 #include "err.h"
+#include "gguf.h"
 #include "log.h"
 #include "model.h"
+#include "seal.h"
+#include "cpu/quant.h"
 #include "orcd.h"
 #include "sampler.h"
 #include "worker.h"
@@ -112,6 +116,26 @@ struct cuda_backend {
 		cudaGraphExec_t exec;
 		uint64_t used;
 	} graph[GRAPH_CACHE];
+
+	/* Seal digests (doc/seal.md): where each byte range of the file's
+	 * tensor data lives in VRAM, sorted by host address.  raw: the device
+	 * holds the file's bytes; else a float conversion of them (norms and
+	 * biases of F16/BF16 files), checked against the host instead. */
+	struct seal_region {
+		const uint8_t *host;
+		uint64_t nbytes;
+		uint8_t *dev;
+		bool raw;
+		int type;
+		int64_t n;
+		char name[96];
+	} *regions;
+	int n_regions;
+	cudaStream_t seal_stream;    /* lowest priority: beside decode */
+	pthread_mutex_t seal_mu;     /* one digest at a time */
+	int seal_cap;                /* chunks the device arrays hold */
+	void *seal_dev;              /* ptr[cap] | digests[cap][32] | len[cap] */
+	void *seal_host;             /* the same, pinned: staged for one copy */
 	uint64_t graph_clock;
 	std::atomic<unsigned long> graph_launches, graph_captures;
 	int *h_ids;
@@ -195,6 +219,105 @@ upload_floats(struct cuda_backend *cb, const float *src, int n, const char *labe
 		return -1;
 	CK(cudaMemcpy(*out, src, (size_t)n * sizeof(float), cudaMemcpyHostToDevice), label);
 	return 0;
+}
+
+static int
+region_add(struct cuda_backend *cb, const char *name, const void *host_hint, void *dev,
+    struct orcd_err *err)
+{
+	const struct gguf_tensor *t = gguf_find_tensor(cb->m->gguf, name);
+	struct cuda_backend::seal_region *r;
+
+	if (dev == NULL)
+		return 0;   /* an optional tensor this model lacks */
+	if (t == NULL)
+		return orcd_errf(err, "cuda: tensor '%s' is in VRAM but not in the file", name);
+	for (int i = 0; i < cb->n_regions; i++)
+		if (cb->regions[i].host == (const uint8_t *)t->data)
+			return 0;   /* tied output: the embedding already */
+	r = &cb->regions[cb->n_regions++];
+	r->host = (const uint8_t *)t->data;
+	r->nbytes = t->nbytes;
+	r->dev = (uint8_t *)dev;
+	r->type = t->type;
+	r->n = (int64_t)t->ne[0];
+	/* a matrix is uploaded as the file's bytes; a vector as floats, which
+	 * are the file's bytes only for an F32 tensor */
+	r->raw = host_hint == t->data || t->type == ORCD_DTYPE_F32;
+	snprintf(r->name, sizeof(r->name), "%s", name);
+	return 0;
+}
+
+static int
+region_cmp(const void *a, const void *b)
+{
+	const uint8_t *x = ((const cuda_backend::seal_region *)a)->host;
+	const uint8_t *y = ((const cuda_backend::seal_region *)b)->host;
+
+	return x < y ? -1 : x > y;
+}
+
+/* The map from the file's tensor bytes to their copies in VRAM. */
+static int
+seal_regions_build(struct cuda_backend *cb, struct orcd_err *err)
+{
+	const struct model *m = cb->m;
+	char name[96];
+
+	cb->regions = (cuda_backend::seal_region *)calloc((size_t)m->hp.n_layer * 12 + 3,
+	    sizeof(*cb->regions));
+	if (cb->regions == NULL)
+		return orcd_errf(err, "cuda: out of memory");
+	if (region_add(cb, "token_embd.weight", m->tok_embd.data, cb->tok_embd.d, err) != 0 ||
+	    (!m->tied_output && region_add(cb, "output.weight", m->output.data, cb->output.d,
+	    err) != 0) ||
+	    region_add(cb, "output_norm.weight", NULL, cb->output_norm, err) != 0)
+		return -1;
+	for (int il = 0; il < m->hp.n_layer; il++) {
+		const struct model_layer *L = &m->layers[il];
+		const cuda_layer *D = &cb->layers[il];
+		static const char *wn[] = { "attn_q.weight", "attn_k.weight", "attn_v.weight",
+		    "attn_output.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight" };
+		const model_weight *hw[] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate,
+		    &L->w_up, &L->w_down };
+		const cuda_weight *dw[] = { &D->wq, &D->wk, &D->wv, &D->wo, &D->gate, &D->up,
+		    &D->down };
+		static const char *vn[] = { "attn_norm.weight", "ffn_norm.weight", "attn_q.bias",
+		    "attn_k.bias", "attn_v.bias" };
+		float *dv[] = { D->attn_norm, D->ffn_norm, D->bq, D->bk, D->bv };
+
+		for (int k = 0; k < 7; k++) {
+			snprintf(name, sizeof(name), "blk.%d.%s", il, wn[k]);
+			if (region_add(cb, name, hw[k]->data, dw[k]->d, err) != 0)
+				return -1;
+		}
+		for (int k = 0; k < 5; k++) {
+			snprintf(name, sizeof(name), "blk.%d.%s", il, vn[k]);
+			if (region_add(cb, name, NULL, dv[k], err) != 0)
+				return -1;
+		}
+	}
+	qsort(cb->regions, (size_t)cb->n_regions, sizeof(*cb->regions), region_cmp);
+	return 0;
+}
+
+static const cuda_backend::seal_region *
+region_find(const struct cuda_backend *cb, const uint8_t *p)
+{
+	int lo = 0, hi = cb->n_regions - 1;
+
+	while (lo <= hi) {
+		int mid = (lo + hi) / 2;
+		const cuda_backend::seal_region *r = &cb->regions[mid];
+
+		if (p < r->host)
+			hi = mid - 1;
+		else if (p >= r->host + r->nbytes)
+			lo = mid + 1;
+		else
+			return r;
+	}
+	return NULL;
 }
 
 static int
@@ -813,6 +936,9 @@ cuda_destroy(struct backend *b)
 		 * all here is the normal path, not a leak */
 		vram_destroy(cb->vram, NULL);
 	}
+	if (cb->seal_stream != NULL)
+		cudaStreamDestroy(cb->seal_stream);
+	free(cb->regions);
 	free(cb->layers);
 	free(cb->slot_used);
 	cb->~cuda_backend();
@@ -861,6 +987,174 @@ cuda_mem(struct backend *b, struct backend_mem *m)
 	m->kv_block_tokens = cb->slot_ctx;
 }
 
+/* ------------------------------------------------------------ seal */
+
+/* A converted vector in VRAM must equal a fresh conversion of the file's
+ * bytes (its digest is then the file's, computed on the host). */
+static int
+region_check_converted(struct cuda_backend *cb, const cuda_backend::seal_region *r,
+    struct orcd_err *err)
+{
+	size_t n = (size_t)r->n;
+	float *dev = (float *)malloc(n * sizeof(float));
+	float *fresh = (float *)malloc(n * sizeof(float));
+	int rc = 0;
+	cudaError_t e;
+
+	if (dev == NULL || fresh == NULL) {
+		free(dev);
+		free(fresh);
+		return orcd_errf(err, "cuda: out of memory");
+	}
+	if ((e = cudaMemcpyAsync(dev, r->dev, n * sizeof(float), cudaMemcpyDeviceToHost,
+	    cb->seal_stream)) != cudaSuccess || (e = cudaStreamSynchronize(cb->seal_stream)) !=
+	    cudaSuccess) {
+		rc = cuda_fail(err, e, "seal: reading a vector back");
+	} else {
+		quant_dequantize_row((enum orcd_dtype)r->type, r->host, fresh, (int64_t)n);
+		if (memcmp(dev, fresh, n * sizeof(float)) != 0)
+			rc = orcd_errf(err, "cuda: the converted copy of tensor '%s' in VRAM "
+			    "differs from the file's bytes", r->name);
+	}
+	free(dev);
+	free(fresh);
+	return rc;
+}
+
+static int
+seal_buffers(struct cuda_backend *cb, int n, struct orcd_err *err)
+{
+	size_t bytes = (size_t)n * (sizeof(void *) + 32 + sizeof(uint32_t));
+
+	if (n <= cb->seal_cap)
+		return 0;
+	if (cb->seal_dev != NULL)
+		vram_free(cb->vram, cb->seal_dev, NULL);
+	if (cb->seal_host != NULL)
+		vram_free(cb->vram, cb->seal_host, NULL);
+	cb->seal_dev = cb->seal_host = NULL;
+	cb->seal_cap = 0;
+	if (vram_alloc(cb->vram, bytes, VRAM_SCRATCH, "seal digests", &cb->seal_dev, err) != 0 ||
+	    vram_alloc_io_pinned(cb->vram, bytes, "seal digests", &cb->seal_host, err) != 0)
+		return -1;
+	cb->seal_cap = n;
+	return 0;
+}
+
+/* Chunk digests over the bytes in VRAM: every chunk that lies in a raw
+ * region is digested by the GPU kernel on the low-priority stream, in
+ * batches; a chunk of a converted vector is digested on the host after
+ * its VRAM copy is checked against the file. */
+static int
+cuda_weights_digest(struct backend *b, const void *const *chunk_host,
+    const uint32_t *chunk_len, int n_chunks, uint8_t (*digests)[32], struct orcd_err *err)
+{
+	struct cuda_backend *cb = (struct cuda_backend *)b->impl;
+	int rc = -1, n_dev = 0;
+	int *dev_idx = NULL;
+	bool *checked = NULL;
+	cudaError_t e;
+
+	if (n_chunks <= 0)
+		return orcd_errf(err, "cuda: no chunks to digest");
+	pthread_mutex_lock(&cb->seal_mu);
+	cudaSetDevice(cb->device);
+	dev_idx = (int *)malloc((size_t)n_chunks * sizeof(int));
+	checked = (bool *)calloc((size_t)cb->n_regions + 1, sizeof(bool));
+	if (dev_idx == NULL || checked == NULL) {
+		orcd_errf(err, "cuda: out of memory for %d chunks", n_chunks);
+		goto out;
+	}
+	if (seal_buffers(cb, n_chunks, err) != 0)
+		goto out;
+	{
+		uint8_t **hp = (uint8_t **)cb->seal_host;
+		uint32_t *hl = (uint32_t *)((uint8_t *)cb->seal_host +
+		    (size_t)cb->seal_cap * (sizeof(void *) + 32));
+
+		for (int i = 0; i < n_chunks; i++) {
+			const uint8_t *p = (const uint8_t *)chunk_host[i];
+			const cuda_backend::seal_region *r = region_find(cb, p);
+
+			if (r == NULL || chunk_len[i] == 0 || chunk_len[i] > SEAL_CHUNK_BYTES ||
+			    (uint64_t)(p - r->host) + chunk_len[i] > r->nbytes) {
+				orcd_errf(err, "cuda: chunk %d is not inside a tensor held in VRAM", i);
+				goto out;
+			}
+			if (!r->raw) {
+				if (!checked[r - cb->regions]) {
+					if (region_check_converted(cb, r, err) != 0)
+						goto out;
+					checked[r - cb->regions] = true;
+				}
+				seal_chunk_digest(p, chunk_len[i], digests[i]);
+				continue;
+			}
+			hp[n_dev] = r->dev + (p - r->host);
+			hl[n_dev] = chunk_len[i];
+			dev_idx[n_dev++] = i;
+		}
+		if (n_dev > 0) {
+			uint8_t *dbase = (uint8_t *)cb->seal_dev;
+			uint8_t **dp = (uint8_t **)dbase;
+			uint8_t *dout = dbase + (size_t)cb->seal_cap * sizeof(void *);
+			uint32_t *dl = (uint32_t *)(dout + (size_t)cb->seal_cap * 32);
+			uint8_t *hout = (uint8_t *)cb->seal_host + (size_t)cb->seal_cap * sizeof(void *);
+
+			if ((e = cudaMemcpyAsync(dp, hp, (size_t)n_dev * sizeof(void *),
+			    cudaMemcpyHostToDevice, cb->seal_stream)) != cudaSuccess ||
+			    (e = cudaMemcpyAsync(dl, hl, (size_t)n_dev * sizeof(uint32_t),
+			    cudaMemcpyHostToDevice, cb->seal_stream)) != cudaSuccess ||
+			    (e = (cudaError_t)cuda_seal_digests(dp, dl, n_dev, dout,
+			    cb->seal_stream)) != cudaSuccess ||
+			    (e = cudaMemcpyAsync(hout, dout, (size_t)n_dev * 32,
+			    cudaMemcpyDeviceToHost, cb->seal_stream)) != cudaSuccess ||
+			    (e = cudaStreamSynchronize(cb->seal_stream)) != cudaSuccess) {
+				cuda_fail(err, e, "seal digests on the GPU");
+				goto out;
+			}
+			for (int k = 0; k < n_dev; k++)
+				memcpy(digests[dev_idx[k]], hout + (size_t)k * 32, 32);
+		}
+	}
+	rc = 0;
+out:
+	free(dev_idx);
+	free(checked);
+	pthread_mutex_unlock(&cb->seal_mu);
+	return rc;
+}
+
+/* Test only: flips the lowest bit of the VRAM copy of one byte. */
+static int
+cuda_debug_flip(struct backend *b, const void *chunk_host, struct orcd_err *err)
+{
+	struct cuda_backend *cb = (struct cuda_backend *)b->impl;
+	const uint8_t *p = (const uint8_t *)chunk_host;
+	const cuda_backend::seal_region *r = region_find(cb, p);
+	uint8_t v;
+	cudaError_t e;
+
+	if (r == NULL)
+		return orcd_errf(err, "cuda: the byte to flip is not in a tensor held in VRAM");
+	pthread_mutex_lock(&cb->seal_mu);
+	cudaSetDevice(cb->device);
+	if (!r->raw) {
+		/* a float copy: flip a bit of the first float */
+		p = r->host;
+	}
+	uint8_t *d = r->dev + (p - r->host);
+	if ((e = cudaMemcpyAsync(&v, d, 1, cudaMemcpyDeviceToHost, cb->seal_stream)) ==
+	    cudaSuccess && (e = cudaStreamSynchronize(cb->seal_stream)) == cudaSuccess) {
+		v ^= 1;
+		if ((e = cudaMemcpyAsync(d, &v, 1, cudaMemcpyHostToDevice, cb->seal_stream)) ==
+		    cudaSuccess)
+			e = cudaStreamSynchronize(cb->seal_stream);
+	}
+	pthread_mutex_unlock(&cb->seal_mu);
+	return e == cudaSuccess ? 0 : cuda_fail(err, e, "seal: flipping a byte in VRAM");
+}
+
 static const struct backend_ops cuda_ops = {
 	"cuda",
 	cuda_seq_new,
@@ -872,6 +1166,8 @@ static const struct backend_ops cuda_ops = {
 	cuda_verify,
 	NULL,         /* seq_reserve: a slot holds slot_ctx positions from seq_new */
 	cuda_mem,
+	cuda_weights_digest,
+	cuda_debug_flip,
 };
 
 /* ------------------------------------------------------------ create */
@@ -938,7 +1234,20 @@ backend_cuda_new(const struct model *m, const struct backend_cuda_opts *o, struc
 		orcd_errf(err, "cuda backend: cannot create a stream");
 		goto fail;
 	}
-	if (upload_model(cb, err) != 0)
+	{
+		/* seal re-verification: the lowest priority, so decode's kernels
+		 * are scheduled ahead of its blocks */
+		int lo = 0, hi = 0;
+
+		cudaDeviceGetStreamPriorityRange(&lo, &hi);
+		if (cudaStreamCreateWithPriority(&cb->seal_stream, cudaStreamNonBlocking, lo) !=
+		    cudaSuccess) {
+			orcd_errf(err, "cuda backend: cannot create the seal stream");
+			goto fail;
+		}
+	}
+	pthread_mutex_init(&cb->seal_mu, NULL);
+	if (upload_model(cb, err) != 0 || seal_regions_build(cb, err) != 0)
 		goto fail;
 
 	cb->kv_dim = hp->n_head_kv * hp->head_dim;

@@ -13,8 +13,9 @@ if [ "${1:-}" = "--bundle" ]; then
 	rm -rf "$d/bin" "$d/lib" "$d/models"
 	mkdir -p "$d/bin" "$d/lib" "$d/models"
 	cp orcd orcd-mkmodel test/test_vram test/test_golden test/test_cuda_backend bench/loadgen \
-	    bench/orcd-bench "$d/bin/"
+	    bench/orcd-bench test/test_seal test/test_memory test/test_serve "$d/bin/"
 	[ -x test/test_cuda_ops ] && cp test/test_cuda_ops "$d/bin/"
+	[ -x bench/seal-bench ] && cp bench/seal-bench "$d/bin/"
 	strip "$d"/bin/*
 	tar -cf - -C "$d" bin | xz -9e -T0 > "$d/bin.tar.xz"
 	rm -rf "$d/bin"
@@ -52,6 +53,14 @@ check vram "$bin/test_vram"
 [ -x "$bin/test_cuda_ops" ] && check cuda_ops "$bin/test_cuda_ops"
 check golden_cuda env ORCD_TEST_BACKEND=cuda "$bin/test_golden"
 check cuda_backend "$bin/test_cuda_backend"
+# the serving tests against the CUDA backend: sealed serving and the VRAM
+# flip turning /health unhealthy, the 1,000 mixed requests, the SSE suite
+export ORCD_BIN="$bin/orcd" ORCD_TEST_BACKEND=cuda
+check seal_cuda "$bin/test_seal"
+check memory_cuda "$bin/test_memory"
+check serve_cuda "$bin/test_serve"
+unset ORCD_TEST_BACKEND
+grep -h "mixed requests\|after 1000\|flip\|sealed" "$out/memory_cuda.log" "$out/seal_cuda.log" | head -n 8
 grep -h "passed\|failed\|mismatch" "$out"/*.log | tail -n 8
 
 # CPU vs GPU greedy on generated real-shape models
@@ -95,6 +104,38 @@ if [ -n "$port" ]; then
 	kill -TERM $spid; wait $spid
 else
 	echo "serve did not start"; tail -n 5 "$out/serve.log"; kill $spid
+fi
+# seal digests in VRAM against OpenSSL (bench/seal)
+[ -x "$bin/seal-bench" ] && "$bin/seal-bench" -r 5 400 4000 2>&1 | tee "$out/seal-bench.txt"
+# decode with the seal re-verified beside it: served tokens/s with the
+# re-verification off, every 1 s and every 0.1 s
+m=/tmp/qwen05-q4_k_m.gguf
+if [ -f "$m" ]; then
+	umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > /tmp/seal.key; umask 022
+	"$bin/orcd" seal -m "$m" --key-file /tmp/seal.key --shard-id gpu-0 -o /tmp/qwen05.seal \
+	    > "$out/seal-create.log" 2>&1 || tail -n 3 "$out/seal-create.log"
+	for rv in 0 1 0.1; do
+		rm -f /tmp/orcd-seal.ready
+		"$bin/orcd" serve -m "$m" --backend cuda --listen 127.0.0.1:0 \
+		    --ready-file /tmp/orcd-seal.ready --seal /tmp/qwen05.seal \
+		    --seal-key-file /tmp/seal.key --seal-reverify $rv --log-level warn \
+		    --audit-log "$out/audit-$rv.log" > "$out/serve-seal-$rv.log" 2>&1 &
+		spid=$!
+		for i in $(seq 1 300); do [ -f /tmp/orcd-seal.ready ] && break; sleep 0.1; done
+		port=$(sed -n 's/^port=//p' /tmp/orcd-seal.ready 2>/dev/null)
+		if [ -n "$port" ]; then
+			"$bin/loadgen" --port "$port" -c 1 -n 8 -m 256 --ignore-eos \
+			    --prompt-tokens 16 > "$out/seal-decode-$rv.txt" 2>&1
+			printf "seal re-verify every %s s, 1 stream: " "$rv"
+			grep -E "tok/s" "$out/seal-decode-$rv.txt" | head -n 1
+			python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:$port/metrics').read().decode())" \
+			    | grep -E "^orcd_seal_verif|^orcd_seal_verify_seconds_(sum|count)" | tr '\n' ' '; echo
+			kill -TERM $spid; wait $spid
+		else
+			echo "sealed serve (re-verify $rv) did not start"; tail -n 5 "$out/serve-seal-$rv.log"
+			kill $spid 2>/dev/null
+		fi
+	done
 fi
 echo "gpu checks: $pass passed, $fail failed"
 tar -czf "$top_out/gpu-logs.tar.gz" -C /tmp gpu-logs

@@ -50,6 +50,11 @@ test_server_start(struct test_server *s, const char *name, ...)
 	argv[n++] = s->ready;
 	argv[n++] = "--threads";
 	argv[n++] = getenv("ORCD_TEST_THREADS") ? getenv("ORCD_TEST_THREADS") : "2";
+	if (getenv("ORCD_TEST_BACKEND") != NULL && *getenv("ORCD_TEST_BACKEND") != '\0') {
+		/* the same tests against another backend (the GPU checks) */
+		argv[n++] = "--backend";
+		argv[n++] = getenv("ORCD_TEST_BACKEND");
+	}
 	va_start(ap, name);
 	for (const char *a; (a = va_arg(ap, const char *)) != NULL && n < 62;)
 		argv[n++] = a;
