@@ -19,7 +19,7 @@ if [ "${1:-}" = "--bundle" ]; then
 	strip "$d"/bin/*
 	tar -cf - -C "$d" bin | xz -9e -T0 > "$d/bin.tar.xz"
 	rm -rf "$d/bin"
-	for lib in libevent_core-2.1.so.7 libevent_pthreads-2.1.so.7 libjansson.so.4 libcmocka.so.0 libgomp.so.1; do
+	for lib in libevent_core-2.1.so.7 libevent_pthreads-2.1.so.7 libjansson.so.4 libcmocka.so.0 libgomp.so.1 libcrypto.so.3 libssl.so.3; do
 		cp -L "/lib/x86_64-linux-gnu/$lib" "$d/lib/"
 	done
 	for f in $(sed -n 's/.*"model": *"\([^"]*\)".*/\1/p' ../shared/models/golden.jsonl | sort -u); do
