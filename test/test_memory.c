@@ -98,16 +98,16 @@ client_start(struct client *c, int port, int id)
 		max_tokens = 1 + (int)rnd(48);
 		break;
 	case K_DEADLINE:
-		/* far more tokens than the deadline allows */
-		max_tokens = 400;
+		/* far more tokens than the deadline allows, even on a fast host */
+		max_tokens = 6000;
 		snprintf(extra, sizeof(extra), "X-Deadline-Ms: %u\r\n", 20 + rnd(280));
 		break;
 	case K_DISCONNECT:
 		c->disconnect_after = (int)rnd(6);
-		max_tokens = 400;
+		max_tokens = 6000;
 		break;
 	default:
-		max_tokens = 400;
+		max_tokens = 6000;
 		break;
 	}
 	c->fd = send_execute(port, job, max_tokens, extra);
@@ -182,6 +182,19 @@ assert_baseline(int port, const char *what)
 	assert_true(leaked == 0);
 }
 
+static double
+block_bytes(void)
+{
+	struct test_server s;
+	double b;
+
+	test_server_start(&s, "probe", NULL);
+	b = test_metric_double(s.port, "orcd_kv_block_bytes ");
+	assert_int_equal(test_server_stop(&s), 0);
+	assert_true(b > 0);
+	return b;
+}
+
 static void
 test_thousand_mixed(void **state)
 {
@@ -193,17 +206,14 @@ test_thousand_mixed(void **state)
 	int started = 0, finished = 0, wrong = 0;
 	char resp[4096];
 
-	/* 16 slots; a pool of 24 blocks of 32 positions: about 4 long requests,
-	 * so admission waits on KV claims as well as on slots */
-	test_server_start(&s, "mixed", "--max-batch", "16", "--kv-block-tokens", "32",
-	    "--kv-memory", "0", "--mem-snapshot-interval", "0.5", NULL);
-	double block = test_metric_double(s.port, "orcd_kv_block_bytes ");
-	assert_true(block > 0);
-	assert_int_equal(test_server_stop(&s), 0);
+	/* 16 slots; a pool of 800 blocks of 32 positions: 4 long requests
+	 * (6,005 positions, 188 blocks), so admission waits on KV claims as
+	 * well as on slots */
+	double block = block_bytes();
 	char kvmem[32];
-	snprintf(kvmem, sizeof(kvmem), "%.0f", block * 60);
+	snprintf(kvmem, sizeof(kvmem), "%.0f", block * 800);
 	test_server_start(&s, "mixed", "--max-batch", "16", "--kv-block-tokens", "32",
-	    "--kv-memory", kvmem, "--mem-snapshot-interval", "0.5", NULL);
+	    "--ctx-size", "8192", "--kv-memory", kvmem, "--mem-snapshot-interval", "0.5", NULL);
 	assert_baseline(s.port, "before");
 	for (int k = 0; k < K_NKINDS; k++)
 		before[k] = outcome_count(s.port, want_outcome((enum kind)k));
@@ -288,19 +298,6 @@ test_thousand_mixed(void **state)
 	assert_baseline(s.port, "after 1000 mixed requests");
 	assert_int_equal(test_metric_value(s.port, "orcd_memory_emergency_aborts_total "), 0);
 	assert_int_equal(test_server_stop(&s), 0);
-}
-
-static double
-block_bytes(void)
-{
-	struct test_server s;
-	double b;
-
-	test_server_start(&s, "probe", NULL);
-	b = test_metric_double(s.port, "orcd_kv_block_bytes ");
-	assert_int_equal(test_server_stop(&s), 0);
-	assert_true(b > 0);
-	return b;
 }
 
 /* The limit tests size their limits in CPU KV blocks; on CUDA the tracked
