@@ -35,7 +35,8 @@ struct gguf_file;
 
 /* ------------------------------------------------------------ digests */
 
-/* The Merkle root over data's 4 KiB blocks; n >= 1. */
+/* The Merkle root over data's 4 KiB blocks; 1 <= n <= SEAL_CHUNK_BYTES
+ * (outside that range out is a value no real digest matches). */
 void seal_chunk_digest(const void *data, size_t n, uint8_t out[32]);
 /* The Merkle root over n >= 1 digests (leaves are the digests themselves);
  * n == 0 gives 32 zero bytes. */

@@ -272,6 +272,9 @@ verify_main(int argc, char **argv)
 	}
 	if (seal_key_load(o.key_file, &key, &err) != 0) {
 		fprintf(stderr, "orcd verify: %s\n", err.msg);
+		audit_event_init(&ev, "verify_failed", o.model);
+		ev.detail = err.msg;
+		emit(&o, "verify_failed", &s, &ev);
 		seal_free(&s);
 		return 2;
 	}

@@ -245,6 +245,19 @@ test_seal_then_verify(void **state)
 	assert_non_null(strstr(out, "rc=0"));
 	free(out);
 
+	/* the reference script (doc/seal.md, Python standard library only)
+	 * agrees on every field and the signature */
+	if (system("command -v python3 >/dev/null 2>&1") == 0) {
+		const char *srcdir = getenv("srcdir");
+
+		out = run("python3 '%s/contrib/seal-ref.py' '%s' '%s' '%s' 2>&1; echo rc=$?",
+		    srcdir != NULL ? srcdir : ".", big_model, key_path, seal_path);
+		if (strstr(out, "signature ok") == NULL || strstr(out, "model matches") == NULL ||
+		    strstr(out, "rc=0") == NULL)
+			fail_msg("contrib/seal-ref.py disagrees: %s", out);
+		free(out);
+	}
+
 	/* the library reads what the CLI wrote */
 	struct seal s;
 	struct orcd_err err;
