@@ -213,7 +213,8 @@ test_thousand_mixed(void **state)
 	char kvmem[32];
 	snprintf(kvmem, sizeof(kvmem), "%.0f", block * 800);
 	test_server_start(&s, "mixed", "--max-batch", "16", "--kv-block-tokens", "32",
-	    "--ctx-size", "8192", "--kv-memory", kvmem, "--mem-snapshot-interval", "0.5", NULL);
+	    "--ctx-size", "8192", "--kv-memory", kvmem, "--mem-snapshot-interval", "0.5",
+	    "--compute-nice", "0", NULL);
 	assert_baseline(s.port, "before");
 	for (int k = 0; k < K_NKINDS; k++)
 		before[k] = outcome_count(s.port, want_outcome((enum kind)k));
@@ -323,10 +324,10 @@ test_soft_limit(void **state)
 
 	/* above one block held: admission pauses */
 	snprintf(lim, sizeof(lim), "%.0f", block);
-	test_server_start(&s, "soft", "--mem-soft-limit", lim, NULL);
+	test_server_start(&s, "soft", "--mem-soft-limit", lim, "--compute-nice", "0", NULL);
 	int fa = send_execute(s.port, "soft-a", 300, NULL);
 	/* wait until A holds two blocks (more than 32 positions) */
-	test_recv_until(fa, a, sizeof(a), "\"index\":40,", 30);
+	test_recv_until(fa, a, sizeof(a), "\"index\":40,", 120);
 	assert_non_null(strstr(a, "\"index\":40,"));
 	const char *body = "{\"prompt\":\"Once upon a time\",\"params\":{\"max_tokens\":4}}";
 	assert_int_equal(test_http_post(s.port, "/execute", body, NULL, resp, sizeof(resp)), 429);
@@ -334,7 +335,7 @@ test_soft_limit(void **state)
 	assert_non_null(strstr(resp, "Retry-After:"));
 	assert_true(test_metric_value(s.port, "orcd_memory_soft_violations_total ") >= 1);
 	/* A goes on to its end */
-	test_recv_until(fa, a, sizeof(a), "event: end", 60);
+	test_recv_until(fa, a, sizeof(a), "event: end", 120);
 	assert_non_null(strstr(a, "event: end"));
 	assert_null(strstr(a, "event: error"));
 	close(fa);
@@ -363,7 +364,7 @@ test_hard_limit(void **state)
 	/* each request grows to ceil((5 + 300) / 32) = 10 blocks; the limit is
 	 * 20: all four cannot finish, the newest must go */
 	snprintf(lim, sizeof(lim), "%.0f", block * 20);
-	test_server_start(&s, "hard", "--mem-hard-limit", lim, NULL);
+	test_server_start(&s, "hard", "--mem-hard-limit", lim, "--compute-nice", "0", NULL);
 	for (int i = 0; i < N; i++) {
 		snprintf(job, sizeof(job), "hard-%d", i);
 		fd[i] = send_execute(s.port, job, 300, NULL);
