@@ -56,6 +56,7 @@ static const struct opt opts[] = {
 	{ "mem-soft-limit", OPT_BYTES, OFF(mem_soft_limit), 0, 9.0e18, "tracked memory above which admission pauses (new requests get 429), 0 = none" },
 	{ "mem-hard-limit", OPT_BYTES, OFF(mem_hard_limit), 0, 9.0e18, "tracked memory above which the newest requests are aborted (vram_limit), 0 = none" },
 	{ "mem-snapshot-interval", OPT_DOUBLE, OFF(mem_snapshot_interval_s), 0, 86400, "seconds between memory snapshot log lines (0 = off)" },
+	{ "prefill-latency-ratio", OPT_DOUBLE, OFF(prefill_latency_ratio), 0, 1000, "prompt chunks are sized so a step that carries one takes at most this many times a decode-only step (0 = only prefill-chunk and max-step-tokens bound them)" },
 	{ "max-wait-ms", OPT_INT, OFF(max_wait_ms), 0, 10000, "hold a decode-only step this long for new arrivals when fewer than max-batch/4 streams run (0 = never)" },
 	{ "seal", OPT_STR, OFF(seal), 0, 0, "seal file of the model (orcd seal): verified over the loaded weights before serving (doc/seal.md)" },
 	{ "seal-key-file", OPT_STR, OFF(seal_key_file), 0, 0, "the seal's secret key file (mode 0600 or stricter)" },
@@ -90,6 +91,7 @@ conf_defaults(struct conf *c)
 	c->max_job_id_bytes = 256;
 	c->kv_block_tokens = 32;
 	c->mem_snapshot_interval_s = 60;
+	c->prefill_latency_ratio = 1.5;
 	c->seal_reverify_s = 300;
 }
 

@@ -49,6 +49,7 @@ struct conf {
 	long mem_hard_limit;         /* tracked bytes: above, newest aborted */
 	double mem_snapshot_interval_s; /* memory snapshot log period, 0 = off */
 	int max_wait_ms;             /* hold a small decode batch for arrivals */
+	double prefill_latency_ratio; /* a step with a prompt chunk vs decode-only */
 	char *seal;                  /* seal file of the model, NULL: not sealed */
 	char *seal_key_file;
 	double seal_reverify_s;      /* seconds between re-verifications, 0 = off */

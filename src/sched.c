@@ -34,6 +34,11 @@ struct sched {
 	bool over_soft;
 	double ewma_step_s;        /* recent step time, for the wait prediction */
 	double ewma_step_tokens;
+	/* step time against step tokens, t = a + b * tokens, fitted by
+	 * exponentially weighted least squares over recent steps: it sizes
+	 * prompt chunks so a step that carries one stays within
+	 * prefill-latency-ratio times a decode-only step */
+	double fw, fx, fy, fxx, fxy;
 	struct event *wait_ev;     /* max_wait_ms: a small decode step held */
 	bool waited;
 };
@@ -402,6 +407,36 @@ emergency_cleanup(struct sched *s)
 	}
 }
 
+/* Prompt tokens a step with n_dec decoding streams may carry so that its
+ * predicted time stays within prefill-latency-ratio times a decode-only
+ * step (at least PREFILL_MIN_TOKENS, so prompts progress); -1: no limit
+ * (ratio 0, or no fit yet). */
+#define PREFILL_MIN_TOKENS 16
+
+static int
+prefill_cap(const struct sched *s, int n_dec)
+{
+	double ratio = s->o->cfg.prefill_latency_ratio;
+	double var, a, b, t_dec, cap;
+
+	if (ratio <= 0 || s->fw < 4)
+		return -1;
+	var = s->fw * s->fxx - s->fx * s->fx;
+	if (var <= 1e-9 * s->fw * s->fw)
+		return -1;   /* every step had the same size: no slope yet */
+	b = (s->fw * s->fxy - s->fx * s->fy) / var;
+	a = (s->fy - b * s->fx) / s->fw;
+	if (b <= 0)
+		return -1;
+	if (a < 0)
+		a = 0;
+	t_dec = a + b * n_dec;
+	cap = (ratio * t_dec - a) / b - n_dec;
+	if (cap < PREFILL_MIN_TOKENS)
+		cap = PREFILL_MIN_TOKENS;
+	return cap > 1e6 ? 1000000 : (int)cap;
+}
+
 /* Tokens each active request feeds in the next step (r->plan), decoding
  * streams first (one token each), then prompt chunks, within the step's
  * budget; reserves the KV for them. */
@@ -419,6 +454,12 @@ plan_step(struct sched *s)
 	for (int pass = 0; pass < 2; pass++) {
 		enum req_state want = pass == 0 ? REQ_DECODE : REQ_PREFILL;
 
+		if (pass == 1 && n > 0) {
+			int cap = prefill_cap(s, n);
+
+			if (cap >= 0 && cap < budget)
+				budget = cap;
+		}
 		TAILQ_FOREACH(r, &s->active, link) {
 			if (r->state != want || r->abort_flags != 0 || n >= s->cap_seqs ||
 			    budget == 0)
@@ -570,6 +611,13 @@ sched_step_done(struct cq_item *item)
 		s->ewma_step_s = s->ewma_step_s > 0 ? 0.8 * s->ewma_step_s + 0.2 * dt : dt;
 		s->ewma_step_tokens = s->ewma_step_tokens > 0 ?
 		    0.8 * s->ewma_step_tokens + 0.2 * st->n_tokens : st->n_tokens;
+		/* the fit: a decay of 0.98 per step remembers ~50 steps */
+		double x = st->n_tokens;
+		s->fw = 0.98 * s->fw + 1;
+		s->fx = 0.98 * s->fx + x;
+		s->fy = 0.98 * s->fy + dt;
+		s->fxx = 0.98 * s->fxx + x * x;
+		s->fxy = 0.98 * s->fxy + x * dt;
 	}
 	if (st->status != 0)
 		log_error("engine step failed: %s", st->err.msg);

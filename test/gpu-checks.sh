@@ -26,7 +26,7 @@ if [ "${1:-}" = "--bundle" ]; then
 		cp "../shared/models/$f" "$d/models/"
 	done
 	cp ../shared/models/golden.jsonl "$d/models/"
-	cp "$0" bench/gpu-compare.sh bench/gpu-serve-compare.sh "$d/"
+	cp "$0" bench/gpu-compare.sh bench/gpu-serve-compare.sh bench/sched-bench.sh "$d/"
 	exit 0
 fi
 here=$(cd "$(dirname "$0")" && pwd)
