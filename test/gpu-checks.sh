@@ -13,7 +13,7 @@ if [ "${1:-}" = "--bundle" ]; then
 	rm -rf "$d/bin" "$d/lib" "$d/models"
 	mkdir -p "$d/bin" "$d/lib" "$d/models"
 	cp orcd orcd-mkmodel test/test_vram test/test_golden test/test_cuda_backend bench/loadgen \
-	    bench/orcd-bench test/test_seal test/test_memory test/test_serve "$d/bin/"
+	    bench/orcd-bench bench/deadline-bench test/test_seal test/test_memory test/test_serve "$d/bin/"
 	[ -x test/test_cuda_ops ] && cp test/test_cuda_ops "$d/bin/"
 	[ -x bench/seal-bench ] && cp bench/seal-bench "$d/bin/"
 	strip "$d"/bin/*
@@ -105,6 +105,8 @@ if [ -n "$port" ]; then
 else
 	echo "serve did not start"; tail -n 5 "$out/serve.log"; kill $spid
 fi
+# the memory monitor's check and snapshot cost on the CUDA backend
+"$bin/deadline-bench" 20000 /tmp/qwen05-q4_k_m.gguf cuda 2>&1 | tail -n 2
 # seal digests in VRAM against OpenSSL (bench/seal)
 [ -x "$bin/seal-bench" ] && "$bin/seal-bench" -r 5 400 4000 2>&1 | tee "$out/seal-bench.txt"
 # decode with the seal re-verified beside it: served tokens/s with the
