@@ -695,6 +695,12 @@ serve_main(int argc, char **argv)
 		conf_free(&o.cfg);
 		return 2;
 	}
+	if (o.cfg.mem_hard_limit != 0 && o.cfg.mem_soft_limit > o.cfg.mem_hard_limit) {
+		fprintf(stderr, "orcd serve: mem-soft-limit (%ld) is above mem-hard-limit (%ld)\n",
+		    o.cfg.mem_soft_limit, o.cfg.mem_hard_limit);
+		conf_free(&o.cfg);
+		return 2;
+	}
 	if (o.cfg.model == NULL) {
 		if (generate_default_model(model_path, sizeof(model_path), &err) != 0) {
 			fprintf(stderr, "orcd serve: %s\n", err.msg);
