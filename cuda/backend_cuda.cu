@@ -48,6 +48,8 @@ extern "C" {
 /* Attention is planned for the longest context rounded up to this, so one
  * graph serves LEN_BUCKET consecutive positions. */
 #define LEN_BUCKET 256
+#define PROF_MAX 2048
+#define PROF_ROWS 48
 
 struct cuda_weight {
 	int type;
@@ -136,6 +138,24 @@ struct cuda_backend {
 	int seal_cap;                /* chunks the device arrays hold */
 	void *seal_dev;              /* ptr[cap] | digests[cap][32] | len[cap] */
 	void *seal_host;             /* the same, pinned: staged for one copy */
+
+	/* ORCD_CUDA_PROFILE=1 (eager steps only): device time of every
+	 * kernel of forward(), by label, from events around each; the table
+	 * goes to the log when the backend is destroyed */
+	struct prof {
+		bool on;
+		int n;                   /* events recorded in this step */
+		cudaEvent_t ev[PROF_MAX + 1];
+		const char *label[PROF_MAX];
+		struct prof_row {
+			const char *label;
+			double ms;
+			unsigned long calls;
+		} rows[PROF_ROWS];
+		int n_rows;
+		unsigned long steps;
+		double step_ms;
+	} prof;
 	uint64_t graph_clock;
 	std::atomic<unsigned long> graph_launches, graph_captures;
 	int *h_ids;
@@ -480,6 +500,65 @@ struct act_cache {
 	void *buf[2];
 };
 
+static void
+prof_mark(struct cuda_backend *cb, const char *label)
+{
+	struct cuda_backend::prof *p = &cb->prof;
+
+	if (!p->on || p->n >= PROF_MAX)
+		return;
+	p->label[p->n] = label;
+	cudaEventRecord(p->ev[p->n + 1], cb->stream);
+	p->n++;
+}
+
+/* After the step's work is enqueued: waits for it (profiling only) and
+ * adds each kernel's time to its label's row. */
+static void
+prof_collect(struct cuda_backend *cb)
+{
+	struct cuda_backend::prof *p = &cb->prof;
+	float ms;
+
+	if (!p->on || p->n == 0)
+		return;
+	cudaEventSynchronize(p->ev[p->n]);
+	for (int i = 0; i < p->n; i++) {
+		int r;
+
+		if (cudaEventElapsedTime(&ms, p->ev[i], p->ev[i + 1]) != cudaSuccess)
+			continue;
+		for (r = 0; r < p->n_rows && strcmp(p->rows[r].label, p->label[i]) != 0; r++)
+			;
+		if (r == p->n_rows) {
+			if (r == PROF_ROWS)
+				continue;
+			p->rows[p->n_rows++].label = p->label[i];
+		}
+		p->rows[r].ms += ms;
+		p->rows[r].calls++;
+	}
+	if (cudaEventElapsedTime(&ms, p->ev[0], p->ev[p->n]) == cudaSuccess)
+		p->step_ms += ms;
+	p->steps++;
+	p->n = 0;
+}
+
+static void
+prof_report(struct cuda_backend *cb)
+{
+	struct cuda_backend::prof *p = &cb->prof;
+
+	if (!p->on || p->steps == 0)
+		return;
+	log_info("cuda profile: %lu eager steps, %.3f ms of device time per step", p->steps,
+	    p->step_ms / p->steps);
+	for (int r = 0; r < p->n_rows; r++)
+		log_info("cuda profile: %-14s %8.2f us per step, %6.2f us per call, %4.1f%%",
+		    p->rows[r].label, p->rows[r].ms * 1e3 / p->steps,
+		    p->rows[r].ms * 1e3 / p->rows[r].calls, 100.0 * p->rows[r].ms / p->step_ms);
+}
+
 static int
 act_for(struct cuda_backend *cb, struct act_cache *ac, const cuda_weight *w, const void **out,
     size_t *stride)
@@ -502,8 +581,11 @@ act_for(struct cuda_backend *cb, struct act_cache *ac, const cuda_weight *w, con
 	int slot = ac->type[0] < 0 ? 0 : 1;
 	ac->type[slot] = t;
 	*out = ac->buf[slot];
-	return cuda_quantize_act(t, ac->src, ac->ld, ac->rows, ac->n, ac->buf[slot], *stride,
+	int rc = cuda_quantize_act(t, ac->src, ac->ld, ac->rows, ac->n, ac->buf[slot], *stride,
 	    cb->stream);
+
+	prof_mark(cb, "quant act");
+	return rc;
 }
 
 static void
@@ -545,42 +627,46 @@ forward(struct cuda_backend *cb, int n_tok, int n_out, int max_len)
 	int rc;
 
 #define R(x) do { if ((rc = (x)) != 0) return rc; } while (0)
-	R(cuda_embed(cb->tok_embd.type, cb->tok_embd.d, cb->tok_embd.row_bytes, hp->n_vocab, E,
+#define P(label, x) do { R(x); prof_mark(cb, label); } while (0)
+	if (cb->prof.on && cb->prof.n == 0)
+		cudaEventRecord(cb->prof.ev[0], s);
+	P("embed", cuda_embed(cb->tok_embd.type, cb->tok_embd.d, cb->tok_embd.row_bytes, hp->n_vocab, E,
 	    cb->d.tok, n_tok, cb->x, E, s));
 	for (int il = 0; il < hp->n_layer; il++) {
 		const cuda_layer *L = &cb->layers[il];
 		size_t layer_off = (size_t)il * cb->slot_ctx * cb->kv_dim;
 
-		R(cuda_rmsnorm(cb->x, E, L->attn_norm, n_tok, E, hp->rms_eps, cb->xn, E, s));
+		P("rmsnorm", cuda_rmsnorm(cb->x, E, L->attn_norm, n_tok, E, hp->rms_eps, cb->xn, E, s));
 		act_set(cb, &ac, cb->xn, E, n_tok, E);
-		R(mm(cb, &ac, &L->wq, cb->q, qd, NULL));
-		R(mm(cb, &ac, &L->wk, cb->k, kd, NULL));
-		R(mm(cb, &ac, &L->wv, cb->v, kd, NULL));
-		R(cuda_rope_kv(n_tok, hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_rot,
+		P("mm q", mm(cb, &ac, &L->wq, cb->q, qd, NULL));
+		P("mm k", mm(cb, &ac, &L->wk, cb->k, kd, NULL));
+		P("mm v", mm(cb, &ac, &L->wv, cb->v, kd, NULL));
+		P("rope+kv", cuda_rope_kv(n_tok, hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_rot,
 		    hp->rope_type == MODEL_ROPE_NEOX, hp->rope_freq_base, hp->rope_freq_scale,
 		    cb->d.pos, cb->q, qd, cb->k, kd, cb->v, kd, L->bq, L->bk, L->bv, cb->d.kptr,
 		    cb->d.vptr, layer_off, cb->slot_ctx, s));
-		R(cuda_attention(n_tok, hp->n_head, hp->n_head_kv, hp->head_dim, cb->d.pos, cb->q, qd,
+		P("attention", cuda_attention(n_tok, hp->n_head, hp->n_head_kv, hp->head_dim, cb->d.pos, cb->q, qd,
 		    cb->d.kptr, cb->d.vptr, layer_off, cb->slot_ctx, max_len, 0, cb->att_ws,
 		    cb->att_ws_bytes, cb->att, qd, s));
 		act_set(cb, &ac, cb->att, qd, n_tok, qd);
-		R(mm(cb, &ac, &L->wo, cb->x, E, cb->x));
-		R(cuda_rmsnorm(cb->x, E, L->ffn_norm, n_tok, E, hp->rms_eps, cb->xn, E, s));
+		P("mm o", mm(cb, &ac, &L->wo, cb->x, E, cb->x));
+		P("rmsnorm", cuda_rmsnorm(cb->x, E, L->ffn_norm, n_tok, E, hp->rms_eps, cb->xn, E, s));
 		act_set(cb, &ac, cb->xn, E, n_tok, E);
-		R(mm(cb, &ac, &L->gate, cb->gate, F, NULL));
-		R(mm(cb, &ac, &L->up, cb->up, F, NULL));
-		R(cuda_swiglu(cb->gate, F, cb->gate, F, cb->up, F, n_tok, F, s));
+		P("mm gate", mm(cb, &ac, &L->gate, cb->gate, F, NULL));
+		P("mm up", mm(cb, &ac, &L->up, cb->up, F, NULL));
+		P("swiglu", cuda_swiglu(cb->gate, F, cb->gate, F, cb->up, F, n_tok, F, s));
 		act_set(cb, &ac, cb->gate, F, n_tok, F);
-		R(mm(cb, &ac, &L->down, cb->x, E, cb->x));
+		P("mm down", mm(cb, &ac, &L->down, cb->x, E, cb->x));
 	}
 	if (n_out == 0)
 		return 0; /* a step of prompt chunks that sample nothing yet */
 	gather_rows<<<n_out, 256, 0, s>>>(cb->x, E, cb->d.rows, n_out, E, cb->xo);
-	R(cudaGetLastError());
-	R(cuda_rmsnorm(cb->xo, E, cb->output_norm, n_out, E, hp->rms_eps, cb->xo, E, s));
+	P("gather", cudaGetLastError());
+	P("rmsnorm out", cuda_rmsnorm(cb->xo, E, cb->output_norm, n_out, E, hp->rms_eps, cb->xo, E, s));
 	act_set(cb, &ac, cb->xo, E, n_out, E);
-	R(mm(cb, &ac, &cb->output, cb->logits, hp->n_vocab, NULL));
-	R(cuda_argmax(cb->logits, hp->n_vocab, n_out, hp->n_vocab, cb->d_ids, s));
+	P("mm output", mm(cb, &ac, &cb->output, cb->logits, hp->n_vocab, NULL));
+	P("argmax", cuda_argmax(cb->logits, hp->n_vocab, n_out, hp->n_vocab, cb->d_ids, s));
+#undef P
 #undef R
 	return 0;
 }
@@ -821,6 +907,8 @@ run_step(struct cuda_backend *cb, struct cuda_job *j)
 		cb->graph_launches++;
 	} else if ((rc = enqueue_body(cb, n, n_out, max_len, want)) != 0) {
 		goto cuda_error;
+	} else {
+		prof_collect(cb);
 	}
 	if ((rc = cudaLaunchHostFunc(cb->stream, step_done, j)) != 0)
 		goto cuda_error;
@@ -926,6 +1014,7 @@ cuda_destroy(struct backend *b)
 	for (int i = 0; i < GRAPH_CACHE; i++)
 		if (cb->graph[i].exec != NULL)
 			cudaGraphExecDestroy(cb->graph[i].exec);
+	prof_report(cb);
 	if (cb->graph_launches > 0)
 		log_info("cuda: %lu steps ran as CUDA graphs (%lu captured)",
 		    (unsigned long)cb->graph_launches, (unsigned long)cb->graph_captures);
@@ -1264,6 +1353,16 @@ backend_cuda_new(const struct model *m, const struct backend_cuda_opts *o, struc
 	cb->max_tokens = o->max_step_tokens;
 	cb->max_out = o->n_seqs;
 	cb->graphs = o->graphs != 0;
+	if (getenv("ORCD_CUDA_PROFILE") != NULL && strcmp(getenv("ORCD_CUDA_PROFILE"), "1") == 0) {
+		cb->prof.on = true;
+		cb->graphs = false;   /* events around every kernel: eager steps */
+		for (int i = 0; i <= PROF_MAX; i++)
+			if (cudaEventCreate(&cb->prof.ev[i]) != cudaSuccess) {
+				cb->prof.on = false;
+				break;
+			}
+		log_warn("ORCD_CUDA_PROFILE=1: kernels are timed one by one (slower, no graphs)");
+	}
 	if (alloc_scratch(cb, err) != 0 || warm_up(cb, err) != 0)
 		goto fail;
 	if (cuda_verify(&cb->b, err) != 0) {
