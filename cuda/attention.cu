@@ -33,9 +33,13 @@ struct att_args {
 	const int *pos;
 	const float *q;
 	size_t ldq;
-	const uint16_t *const *k_cache;
+	const uint16_t *const *k_cache;	/* paged: the per-token tables */
 	const uint16_t *const *v_cache;
 	size_t layer_off;
+	/* paged caches (k_pool NULL: contiguous) */
+	const uint16_t *k_pool, *v_pool;
+	size_t bstride;
+	int bt_shift;
 	float *out;
 	size_t ldo;
 	/* split path */
@@ -63,6 +67,25 @@ att_kv_off(const att_args &a, int h)
 	return a.layer_off + (size_t)(h / a.group) * a.hd;
 }
 
+/* The K (or V) rows of token t, head h. */
+__device__ __forceinline__ cuda_kv_rows
+att_rows(const att_args &a, int t, int h, bool v)
+{
+	cuda_kv_rows r;
+
+	r.kv_dim = (size_t)(a.n_head / a.group) * a.hd;
+	r.bstride = a.bstride;
+	r.bt_shift = a.bt_shift;
+	if (a.k_pool == NULL) {
+		r.base = (v ? a.v_cache[t] : a.k_cache[t]) + att_kv_off(a, h);
+		r.tab = NULL;
+	} else {
+		r.base = (v ? a.v_pool : a.k_pool) + att_kv_off(a, h);
+		r.tab = (const int32_t *)a.k_cache[t];
+	}
+	return r;
+}
+
 __global__ void __launch_bounds__(ATT_THREADS)
 att_single(const att_args a)
 {
@@ -71,7 +94,6 @@ att_single(const att_args a)
 	__shared__ float fscratch[32];
 	__shared__ float red[1024];
 	const int h = blockIdx.x, t = blockIdx.y, hd = a.hd;
-	const size_t kv_dim = (size_t)(a.n_head / a.group) * hd;
 	float *qf = att_smem, *sc = att_smem + hd;
 	float *o = a.out + (size_t)t * a.ldo + (size_t)h * hd;
 	const int n = att_len(a, t);
@@ -81,14 +103,14 @@ att_single(const att_args a)
 			o[d] = 0.0f;
 		return;
 	}
-	const uint16_t *kb = a.k_cache[t] + att_kv_off(a, h);
-	const uint16_t *vb = a.v_cache[t] + att_kv_off(a, h);
+	const cuda_kv_rows kr = att_rows(a, t, h, false);
+	const cuda_kv_rows vr = att_rows(a, t, h, true);
 	float lmax = -INFINITY;
 
 	cuda_att_load_q(a.q + (size_t)t * a.ldq + (size_t)h * hd, hd, qf);
 	__syncthreads();
 	for (int j = threadIdx.x; j < n; j += blockDim.x) {
-		const float s = cuda_att_score(qf, kb + (size_t)j * kv_dim, hd,
+		const float s = cuda_att_score(qf, cuda_kv_row(kr, j), hd,
 		    a.scale);
 
 		sc[j] = s;
@@ -111,7 +133,7 @@ att_single(const att_args a)
 		sc[j] = cuda_att_p16(sc[j], inv);
 	__syncthreads();
 
-	const float r = cuda_att_pv(vb, kv_dim, sc, 0, n, hd, red);
+	const float r = cuda_att_pv(vr, sc, 0, n, hd, red);
 
 	if (threadIdx.x < hd)
 		o[threadIdx.x] = r;
@@ -135,21 +157,20 @@ att_split_scores(const att_args a)
 	__shared__ float qf[256];
 	__shared__ float fscratch[32];
 	const int s = blockIdx.x, h = blockIdx.y, t = blockIdx.z, hd = a.hd;
-	const size_t kv_dim = (size_t)(a.n_head / a.group) * hd;
 	const size_t th = (size_t)t * a.n_head + h;
 	int j0, j1, nv;
 
 	if (!att_split_range(a, t, s, &j0, &j1, &nv))
 		return;
 
-	const uint16_t *kb = a.k_cache[t] + att_kv_off(a, h);
+	const cuda_kv_rows kr = att_rows(a, t, h, false);
 	float *sc = a.sc + th * a.ns * a.sl;
 	float lmax = -INFINITY;
 
 	cuda_att_load_q(a.q + (size_t)t * a.ldq + (size_t)h * hd, hd, qf);
 	__syncthreads();
 	for (int j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
-		const float v = cuda_att_score(qf, kb + (size_t)j * kv_dim, hd,
+		const float v = cuda_att_score(qf, cuda_kv_row(kr, j), hd,
 		    a.scale);
 
 		sc[j] = v;
@@ -196,7 +217,6 @@ att_split_pv(const att_args a)
 	__shared__ float red[1024];
 	extern __shared__ float att_smem[];	/* sl probabilities */
 	const int s = blockIdx.x, h = blockIdx.y, t = blockIdx.z, hd = a.hd;
-	const size_t kv_dim = (size_t)(a.n_head / a.group) * hd;
 	const size_t th = (size_t)t * a.n_head + h;
 	int j0, j1, nv;
 
@@ -215,8 +235,8 @@ att_split_pv(const att_args a)
 		att_smem[j - j0] = cuda_att_p16(sc[j], inv);
 	__syncthreads();
 
-	const float r = cuda_att_pv(a.v_cache[t] + att_kv_off(a, h), kv_dim,
-	    att_smem, j0, j1, hd, red);
+	const float r = cuda_att_pv(att_rows(a, t, h, true), att_smem, j0, j1, hd,
+	    red);
 
 	if (threadIdx.x < hd)
 		a.sout[(th * a.ns + s) * hd + threadIdx.x] = r;
@@ -369,10 +389,11 @@ cuda_attention_workspace_bytes(int n_tok, int n_head, int head_dim,
 	return most;
 }
 
-extern "C" int
-cuda_attention(int n_tok, int n_head, int n_head_kv, int head_dim,
+static int
+attention_impl(int n_tok, int n_head, int n_head_kv, int head_dim,
     const int *pos, const float *q, size_t ldq,
     const uint16_t *const *k_cache, const uint16_t *const *v_cache,
+    const uint16_t *k_pool, const uint16_t *v_pool, int bt_shift, size_t bstride,
     size_t layer_off, int n_ctx, int max_len, int split_len, void *workspace,
     size_t workspace_bytes, float *out, size_t ldo, void *stream)
 {
@@ -409,6 +430,10 @@ cuda_attention(int n_tok, int n_head, int n_head_kv, int head_dim,
 	a.k_cache = k_cache;
 	a.v_cache = v_cache;
 	a.layer_off = layer_off;
+	a.k_pool = k_pool;
+	a.v_pool = v_pool;
+	a.bstride = bstride;
+	a.bt_shift = bt_shift;
 	a.out = out;
 	a.ldo = ldo;
 	a.ns = p.ns;
@@ -452,4 +477,36 @@ cuda_attention(int n_tok, int n_head, int n_head_kv, int head_dim,
 		return rc;
 	att_split_reduce<<<dim3(n_head, n_tok), ATT_THREADS, 0, s>>>(a);
 	return cuda_ops_launched();
+}
+
+extern "C" int
+cuda_attention(int n_tok, int n_head, int n_head_kv, int head_dim,
+    const int *pos, const float *q, size_t ldq,
+    const uint16_t *const *k_cache, const uint16_t *const *v_cache,
+    size_t layer_off, int n_ctx, int max_len, int split_len, void *workspace,
+    size_t workspace_bytes, float *out, size_t ldo, void *stream)
+{
+	return attention_impl(n_tok, n_head, n_head_kv, head_dim, pos, q, ldq, k_cache,
+	    v_cache, NULL, NULL, 0, 0, layer_off, n_ctx, max_len, split_len, workspace,
+	    workspace_bytes, out, ldo, stream);
+}
+
+extern "C" int
+cuda_attention_paged(int n_tok, int n_head, int n_head_kv, int head_dim,
+    const int *pos, const float *q, size_t ldq, const int32_t *const *tables,
+    const uint16_t *k_pool, const uint16_t *v_pool, int block_tokens,
+    size_t block_elems, size_t layer_off, int n_ctx, int max_len, int split_len,
+    void *workspace, size_t workspace_bytes, float *out, size_t ldo, void *stream)
+{
+	int shift = 0;
+
+	CUDA_OPS_CHECK(tables != NULL && k_pool != NULL && v_pool != NULL);
+	CUDA_OPS_CHECK(block_tokens > 0 && (block_tokens & (block_tokens - 1)) == 0);
+	CUDA_OPS_CHECK(block_elems % 8 == 0);
+	while ((1 << shift) < block_tokens)
+		shift++;
+	return attention_impl(n_tok, n_head, n_head_kv, head_dim, pos, q, ldq,
+	    (const uint16_t *const *)tables, (const uint16_t *const *)tables, k_pool,
+	    v_pool, shift, block_elems, layer_off, n_ctx, max_len, split_len, workspace,
+	    workspace_bytes, out, ldo, stream);
 }

@@ -47,6 +47,28 @@ cuda_att_p16(float e, float inv)
 }
 
 /*
+ * Where cache row j is: contiguous (tab NULL: base + j * kv_dim) or paged
+ * (base is the pool plus the layer and head offset inside a block; block
+ * tab[j >> bt_shift], row j & (block_tokens - 1) of it).
+ */
+struct cuda_kv_rows {
+	const uint16_t *base;
+	const int32_t *tab;
+	size_t kv_dim;
+	size_t bstride;		/* elements per block */
+	int bt_shift;
+};
+
+__device__ __forceinline__ const uint16_t *
+cuda_kv_row(const cuda_kv_rows &r, int j)
+{
+	if (r.tab == NULL)
+		return r.base + (size_t)j * r.kv_dim;
+	return r.base + (size_t)__ldg(r.tab + (j >> r.bt_shift)) * r.bstride +
+	    (size_t)(j & ((1 << r.bt_shift) - 1)) * r.kv_dim;
+}
+
+/*
  * sum_j v[j][d] * p[j] for j in [j0, j1) (p indexed from j0), d < hd,
  * by the whole block: hd / 4 threads per cache row (8-byte loads), the
  * other threads on other rows; partial sums meet in red (256 * 4 floats
@@ -54,8 +76,8 @@ cuda_att_p16(float e, float inv)
  * out[d] returned (others 0).  blockDim.x must be 256.
  */
 __device__ __forceinline__ float
-cuda_att_pv(const uint16_t *vbase, size_t kv_dim, const float *p, int j0,
-    int j1, int hd, float *red)
+cuda_att_pv(const cuda_kv_rows &rows, const float *p, int j0, int j1, int hd,
+    float *red)
 {
 	const int tpr = hd / 4, rp = 256 / tpr;
 	const int slot = threadIdx.x / tpr, c = threadIdx.x % tpr;
@@ -63,8 +85,7 @@ cuda_att_pv(const uint16_t *vbase, size_t kv_dim, const float *p, int j0,
 
 	if (slot < rp) {
 		for (int j = j0 + slot; j < j1; j += rp) {
-			const uint2 v = __ldg((const uint2 *)(vbase +
-			    (size_t)j * kv_dim) + c);
+			const uint2 v = __ldg((const uint2 *)cuda_kv_row(rows, j) + c);
 			const float pj = p[j - j0];
 
 			acc[0] = fmaf(cuda_h2f(v.x & 0xffffu), pj, acc[0]);

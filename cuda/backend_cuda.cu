@@ -65,6 +65,8 @@ struct cuda_layer {
 
 struct backend_seq {
 	int slot;
+	int n_blocks;        /* paged: blocks held (the loop thread) */
+	int n_uploaded;      /* of them, in the device table (the engine thread) */
 };
 
 struct cuda_job {
@@ -88,6 +90,16 @@ struct cuda_backend {
 	uint16_t *kv_k, *kv_v;
 	size_t slot_elems;          /* n_layer * slot_ctx * kv_dim */
 	bool *slot_used;            /* loop thread */
+	/* paged KV (kv_bt > 0): blocks of kv_bt positions of every layer in
+	 * kv_k / kv_v; each slot is a block table row (d_tab, mirrored in
+	 * pinned h_tab), blocks are handed out from a free list on the loop */
+	int kv_bt;
+	size_t block_elems;         /* n_layer * kv_bt * kv_dim */
+	int n_kv_blocks, max_blocks;
+	int32_t *free_blocks;       /* stack, loop thread */
+	int n_free_blocks;
+	std::atomic<int> n_blocks_used{0};
+	int32_t *d_tab, *h_tab;
 	std::atomic<int> n_slots_used{0};
 
 	/* scratch for max_tokens tokens and max_out logits rows */
@@ -634,20 +646,36 @@ forward(struct cuda_backend *cb, int n_tok, int n_out, int max_len)
 	    cb->d.tok, n_tok, cb->x, E, s));
 	for (int il = 0; il < hp->n_layer; il++) {
 		const cuda_layer *L = &cb->layers[il];
-		size_t layer_off = (size_t)il * cb->slot_ctx * cb->kv_dim;
+		size_t layer_off = cb->kv_bt > 0 ? (size_t)il * cb->kv_bt * cb->kv_dim :
+		    (size_t)il * cb->slot_ctx * cb->kv_dim;
 
 		P("rmsnorm", cuda_rmsnorm(cb->x, E, L->attn_norm, n_tok, E, hp->rms_eps, cb->xn, E, s));
 		act_set(cb, &ac, cb->xn, E, n_tok, E);
 		P("mm q", mm(cb, &ac, &L->wq, cb->q, qd, NULL));
 		P("mm k", mm(cb, &ac, &L->wk, cb->k, kd, NULL));
 		P("mm v", mm(cb, &ac, &L->wv, cb->v, kd, NULL));
-		P("rope+kv", cuda_rope_kv(n_tok, hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_rot,
-		    hp->rope_type == MODEL_ROPE_NEOX, hp->rope_freq_base, hp->rope_freq_scale,
-		    cb->d.pos, cb->q, qd, cb->k, kd, cb->v, kd, L->bq, L->bk, L->bv, cb->d.kptr,
-		    cb->d.vptr, layer_off, cb->slot_ctx, s));
-		P("attention", cuda_attention(n_tok, hp->n_head, hp->n_head_kv, hp->head_dim, cb->d.pos, cb->q, qd,
-		    cb->d.kptr, cb->d.vptr, layer_off, cb->slot_ctx, max_len, 0, cb->att_ws,
-		    cb->att_ws_bytes, cb->att, qd, s));
+		if (cb->kv_bt > 0) {
+			/* paged: d.kptr holds each token's block table */
+			const int32_t *const *tabs = (const int32_t *const *)cb->d.kptr;
+
+			P("rope+kv", cuda_rope_kv_paged(n_tok, hp->n_head, hp->n_head_kv,
+			    hp->head_dim, hp->n_rot, hp->rope_type == MODEL_ROPE_NEOX,
+			    hp->rope_freq_base, hp->rope_freq_scale, cb->d.pos, cb->q, qd, cb->k,
+			    kd, cb->v, kd, L->bq, L->bk, L->bv, tabs, cb->kv_k, cb->kv_v,
+			    cb->kv_bt, cb->block_elems, layer_off, cb->slot_ctx, s));
+			P("attention", cuda_attention_paged(n_tok, hp->n_head, hp->n_head_kv,
+			    hp->head_dim, cb->d.pos, cb->q, qd, tabs, cb->kv_k, cb->kv_v, cb->kv_bt,
+			    cb->block_elems, layer_off, cb->slot_ctx, max_len, 0, cb->att_ws,
+			    cb->att_ws_bytes, cb->att, qd, s));
+		} else {
+			P("rope+kv", cuda_rope_kv(n_tok, hp->n_head, hp->n_head_kv, hp->head_dim,
+			    hp->n_rot, hp->rope_type == MODEL_ROPE_NEOX, hp->rope_freq_base,
+			    hp->rope_freq_scale, cb->d.pos, cb->q, qd, cb->k, kd, cb->v, kd, L->bq,
+			    L->bk, L->bv, cb->d.kptr, cb->d.vptr, layer_off, cb->slot_ctx, s));
+			P("attention", cuda_attention(n_tok, hp->n_head, hp->n_head_kv,
+			    hp->head_dim, cb->d.pos, cb->q, qd, cb->d.kptr, cb->d.vptr, layer_off,
+			    cb->slot_ctx, max_len, 0, cb->att_ws, cb->att_ws_bytes, cb->att, qd, s));
+		}
 		act_set(cb, &ac, cb->att, qd, n_tok, qd);
 		P("mm o", mm(cb, &ac, &L->wo, cb->x, E, cb->x));
 		P("rmsnorm", cuda_rmsnorm(cb->x, E, L->ffn_norm, n_tok, E, hp->rms_eps, cb->xn, E, s));
@@ -807,6 +835,23 @@ warm_up(struct cuda_backend *cb, struct orcd_err *err)
 			cb->h.pos[t] = t;
 			cb->h.kptr[t] = cb->kv_k;
 			cb->h.vptr[t] = cb->kv_v;
+			if (cb->kv_bt > 0) {
+				/* slot 0's table row, blocks 0.. (given back after) */
+				cb->h.kptr[t] = (uint16_t *)cb->d_tab;
+				cb->h.vptr[t] = (uint16_t *)cb->d_tab;
+			}
+		}
+		if (cb->kv_bt > 0) {
+			int nb = (n + cb->kv_bt - 1) / cb->kv_bt;
+
+			if (nb > cb->n_kv_blocks)
+				return orcd_errf(err, "cuda backend: the KV pool of %d blocks is "
+				    "smaller than one step of %d tokens", cb->n_kv_blocks, n);
+			for (int b = 0; b < nb; b++)
+				cb->h_tab[b] = b;
+			if ((e = cudaMemcpyAsync(cb->d_tab, cb->h_tab, (size_t)nb * 4,
+			    cudaMemcpyHostToDevice, cb->stream)) != cudaSuccess)
+				return cuda_fail(err, e, "warm-up block table");
 		}
 		cb->h.rows[0] = n - 1;
 		int len = n < LEN_BUCKET ? LEN_BUCKET : n;
@@ -851,6 +896,11 @@ run_step(struct cuda_backend *cb, struct cuda_job *j)
 			    s->pos + s->n_tokens, cb->slot_ctx);
 			goto fail;
 		}
+		if (cb->kv_bt > 0 && s->pos + s->n_tokens > s->seq->n_blocks * cb->kv_bt) {
+			orcd_errf(&st->err, "cuda backend: position %d has no KV block reserved",
+			    s->pos + s->n_tokens - 1);
+			goto fail;
+		}
 		n += s->n_tokens;
 		if (s->sampler != NULL && ++n_out > cb->max_out) {
 			orcd_errf(&st->err, "cuda backend: more than %d sequences", cb->max_out);
@@ -880,8 +930,15 @@ run_step(struct cuda_backend *cb, struct cuda_job *j)
 			}
 			cb->h.tok[n] = s->tokens[t];
 			cb->h.pos[n] = s->pos + t;
-			cb->h.kptr[n] = cb->kv_k + base;
-			cb->h.vptr[n] = cb->kv_v + base;
+			if (cb->kv_bt > 0) {
+				int32_t *tab = cb->d_tab + (size_t)s->seq->slot * cb->max_blocks;
+
+				cb->h.kptr[n] = (uint16_t *)tab;
+				cb->h.vptr[n] = (uint16_t *)tab;
+			} else {
+				cb->h.kptr[n] = cb->kv_k + base;
+				cb->h.vptr[n] = cb->kv_v + base;
+			}
 			n++;
 		}
 		if (s->pos + s->n_tokens > max_len)
@@ -899,6 +956,20 @@ run_step(struct cuda_backend *cb, struct cuda_job *j)
 	want = st->logits_out != NULL;
 	for (int i = 0; i < st->n_seqs && !want; i++)
 		want = st->seqs[i].sampler != NULL && !sampler_is_greedy(st->seqs[i].sampler);
+	/* paged: blocks reserved since the last step reach the device tables
+	 * first (the host rows are the loop's only while a sequence is idle) */
+	for (int i = 0; cb->kv_bt > 0 && i < st->n_seqs; i++) {
+		struct backend_seq *q = st->seqs[i].seq;
+		size_t row = (size_t)q->slot * cb->max_blocks + (size_t)q->n_uploaded;
+
+		if (q->n_uploaded >= q->n_blocks)
+			continue;
+		if ((rc = cudaMemcpyAsync(cb->d_tab + row, cb->h_tab + row,
+		    (size_t)(q->n_blocks - q->n_uploaded) * 4, cudaMemcpyHostToDevice,
+		    cb->stream)) != 0)
+			goto cuda_error;
+		q->n_uploaded = q->n_blocks;
+	}
 	if (cb->graphs && n <= GRAPH_MAX_TOKENS) {
 		cudaGraphExec_t ge = graph_for(cb, n, n_out, max_len, want, &rc);
 
@@ -954,6 +1025,7 @@ cuda_seq_new(struct backend *b, int n_ctx, struct backend_seq **out, struct orcd
 			cb->slot_used[i] = true;
 			cb->n_slots_used.fetch_add(1, std::memory_order_relaxed);
 			s->slot = i;
+			s->n_blocks = s->n_uploaded = 0;
 			*out = s;
 			return 0;
 		}
@@ -969,6 +1041,13 @@ cuda_seq_free(struct backend *b, struct backend_seq *s)
 		return;
 	cb->slot_used[s->slot] = false;
 	cb->n_slots_used.fetch_sub(1, std::memory_order_relaxed);
+	if (cb->kv_bt > 0) {
+		const int32_t *row = cb->h_tab + (size_t)s->slot * cb->max_blocks;
+
+		for (int i = s->n_blocks - 1; i >= 0; i--)
+			cb->free_blocks[cb->n_free_blocks++] = row[i];
+		cb->n_blocks_used.fetch_sub(s->n_blocks, std::memory_order_relaxed);
+	}
 	free(s);
 }
 
@@ -977,8 +1056,37 @@ cuda_seq_bytes(struct backend *b, int n_ctx)
 {
 	struct cuda_backend *cb = (struct cuda_backend *)b->impl;
 
+	if (cb->kv_bt > 0)
+		return ((uint64_t)n_ctx + cb->kv_bt - 1) / cb->kv_bt * 2ull * cb->block_elems *
+		    sizeof(uint16_t);
 	(void)n_ctx; /* every sequence takes a whole slot */
 	return 2ull * cb->slot_elems * sizeof(uint16_t);
+}
+
+/* Paged: blocks for positions [0, n_pos) from the free list (the loop
+ * thread, s idle); the device table row is brought up to date at the
+ * sequence's next step. */
+static int
+cuda_seq_reserve(struct backend *b, struct backend_seq *s, int n_pos, struct orcd_err *err)
+{
+	struct cuda_backend *cb = (struct cuda_backend *)b->impl;
+	int need;
+
+	if (n_pos > cb->slot_ctx)
+		return orcd_errf(err, "cuda backend: %d positions exceed the context of %d",
+		    n_pos, cb->slot_ctx);
+	if (cb->kv_bt == 0)
+		return 0;
+	need = (n_pos + cb->kv_bt - 1) / cb->kv_bt;
+	while (s->n_blocks < need) {
+		if (cb->n_free_blocks == 0)
+			return orcd_errf(err, "cuda backend: the KV pool's %d blocks are all in "
+			    "use", cb->n_kv_blocks);
+		cb->h_tab[(size_t)s->slot * cb->max_blocks + s->n_blocks++] =
+		    cb->free_blocks[--cb->n_free_blocks];
+		cb->n_blocks_used.fetch_add(1, std::memory_order_relaxed);
+	}
+	return 0;
 }
 
 static int
@@ -1028,6 +1136,7 @@ cuda_destroy(struct backend *b)
 	if (cb->seal_stream != NULL)
 		cudaStreamDestroy(cb->seal_stream);
 	free(cb->regions);
+	free(cb->free_blocks);
 	free(cb->layers);
 	free(cb->slot_used);
 	cb->~cuda_backend();
@@ -1067,8 +1176,22 @@ cuda_mem(struct backend *b, struct backend_mem *m)
 	struct cuda_backend *cb = (struct cuda_backend *)b->impl;
 	struct vram_stats vs;
 	uint64_t slot = 2ull * cb->slot_elems * sizeof(uint16_t);
+	uint64_t block = 2ull * cb->block_elems * sizeof(uint16_t);
 
 	vram_snapshot(cb->vram, &vs);
+	if (cb->kv_bt > 0) {
+		/* the pool is allocated whole at load: what requests hold is
+		 * the blocks in use, the rest of the pool is not "used" */
+		uint64_t held = (uint64_t)cb->n_blocks_used.load(std::memory_order_relaxed) * block;
+		uint64_t pool = (uint64_t)cb->n_kv_blocks * block;
+
+		m->used = vs.total.bytes - pool + held;
+		m->kv_used = held;
+		m->kv_capacity = pool;
+		m->kv_block_bytes = block;
+		m->kv_block_tokens = cb->kv_bt;
+		return;
+	}
 	m->used = vs.total.bytes;
 	m->kv_used = (uint64_t)cb->n_slots_used.load(std::memory_order_relaxed) * slot;
 	m->kv_capacity = (uint64_t)cb->n_slots * slot;
@@ -1253,7 +1376,7 @@ static const struct backend_ops cuda_ops = {
 	cuda_destroy,
 	cuda_health,
 	cuda_verify,
-	NULL,         /* seq_reserve: a slot holds slot_ctx positions from seq_new */
+	cuda_seq_reserve,
 	cuda_mem,
 	cuda_weights_digest,
 	cuda_debug_flip,
@@ -1344,12 +1467,55 @@ backend_cuda_new(const struct model *m, const struct backend_cuda_opts *o, struc
 	cb->n_slots = o->n_seqs;
 	cb->slot_elems = (size_t)hp->n_layer * cb->slot_ctx * cb->kv_dim;
 	cb->slot_used = (bool *)calloc((size_t)cb->n_slots, sizeof(bool));
-	if (cb->slot_used == NULL ||
-	    vram_alloc(cb->vram, cb->slot_elems * cb->n_slots * 2, VRAM_KV, "kv keys",
+	if (cb->slot_used == NULL) {
+		orcd_errf(err, "cuda backend: out of memory");
+		goto fail;
+	}
+	if (o->kv_block_tokens > 0) {
+		/* paged: one pool of blocks, a block table row per slot */
+		size_t kv_elems;
+
+		if ((o->kv_block_tokens & (o->kv_block_tokens - 1)) != 0) {
+			orcd_errf(err, "cuda backend: kv-block-tokens %d is not a power of two",
+			    o->kv_block_tokens);
+			goto fail;
+		}
+		cb->kv_bt = o->kv_block_tokens;
+		cb->block_elems = (size_t)hp->n_layer * cb->kv_bt * cb->kv_dim;
+		cb->max_blocks = (cb->slot_ctx + cb->kv_bt - 1) / cb->kv_bt;
+		cb->n_kv_blocks = o->kv_bytes > 0 ?
+		    (int)(o->kv_bytes / (2 * cb->block_elems * sizeof(uint16_t))) :
+		    cb->n_slots * cb->max_blocks;
+		if (cb->n_kv_blocks <= 0) {
+			orcd_errf(err, "cuda backend: kv-memory of %llu bytes is less than one "
+			    "block of %d positions (%zu bytes)", (unsigned long long)o->kv_bytes,
+			    cb->kv_bt, 2 * cb->block_elems * sizeof(uint16_t));
+			goto fail;
+		}
+		kv_elems = cb->block_elems * (size_t)cb->n_kv_blocks;
+		cb->free_blocks = (int32_t *)malloc((size_t)cb->n_kv_blocks * sizeof(int32_t));
+		if (cb->free_blocks == NULL) {
+			orcd_errf(err, "cuda backend: out of memory");
+			goto fail;
+		}
+		for (int i = 0; i < cb->n_kv_blocks; i++)
+			cb->free_blocks[i] = cb->n_kv_blocks - 1 - i;
+		cb->n_free_blocks = cb->n_kv_blocks;
+		if (vram_alloc(cb->vram, kv_elems * 2, VRAM_KV, "kv key blocks",
+		    (void **)&cb->kv_k, err) != 0 ||
+		    vram_alloc(cb->vram, kv_elems * 2, VRAM_KV, "kv value blocks",
+		    (void **)&cb->kv_v, err) != 0 ||
+		    vram_alloc(cb->vram, (size_t)cb->n_slots * cb->max_blocks * 4, VRAM_KV,
+		    "kv block tables", (void **)&cb->d_tab, err) != 0 ||
+		    vram_alloc_io_pinned(cb->vram, (size_t)cb->n_slots * cb->max_blocks * 4,
+		    "kv block tables", (void **)&cb->h_tab, err) != 0)
+			goto fail;
+	} else if (vram_alloc(cb->vram, cb->slot_elems * cb->n_slots * 2, VRAM_KV, "kv keys",
 	    (void **)&cb->kv_k, err) != 0 ||
 	    vram_alloc(cb->vram, cb->slot_elems * cb->n_slots * 2, VRAM_KV, "kv values",
-	    (void **)&cb->kv_v, err) != 0)
+	    (void **)&cb->kv_v, err) != 0) {
 		goto fail;
+	}
 	cb->max_tokens = o->max_step_tokens;
 	cb->max_out = o->n_seqs;
 	cb->graphs = o->graphs != 0;

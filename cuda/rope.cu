@@ -24,10 +24,13 @@ struct rope_args {
 	const float *v;
 	size_t ldv;
 	const float *bq, *bk, *bv;
-	uint16_t *const *k_cache;
+	uint16_t *const *k_cache;	/* paged: the per-token tables */
 	uint16_t *const *v_cache;
 	size_t layer_off;
 	int n_ctx;
+	uint16_t *k_pool, *v_pool;	/* NULL: contiguous caches */
+	size_t bstride;
+	int bt_shift;
 };
 
 __device__ __forceinline__ float
@@ -45,10 +48,19 @@ rope_kernel(const rope_args a)
 	const int units = half + (hd - a.n_rot);	/* per head */
 	const int kv_dim = a.n_head_kv * hd;
 	const bool write = p >= 0 && p < a.n_ctx;
-	uint16_t *kc = write ? a.k_cache[t] + a.layer_off + (size_t)p * kv_dim :
-	    NULL;
-	uint16_t *vc = write ? a.v_cache[t] + a.layer_off + (size_t)p * kv_dim :
-	    NULL;
+	uint16_t *kc = NULL, *vc = NULL;
+
+	if (write && a.k_pool == NULL) {
+		kc = a.k_cache[t] + a.layer_off + (size_t)p * kv_dim;
+		vc = a.v_cache[t] + a.layer_off + (size_t)p * kv_dim;
+	} else if (write) {
+		const size_t off = (size_t)((const int32_t *)a.k_cache[t])[p >> a.bt_shift] *
+		    a.bstride + a.layer_off +
+		    (size_t)(p & ((1 << a.bt_shift) - 1)) * kv_dim;
+
+		kc = a.k_pool + off;
+		vc = a.v_pool + off;
+	}
 
 	for (int i = threadIdx.x; i < half; i += blockDim.x)
 		cuda_rope_cs(p, i, a.theta_scale, a.freq_scale, &cs[i], &sn[i]);
@@ -104,12 +116,13 @@ rope_kernel(const rope_args a)
 
 } /* namespace */
 
-extern "C" int
-cuda_rope_kv(int n_tok, int n_head, int n_head_kv, int head_dim, int n_rot,
+static int
+rope_impl(int n_tok, int n_head, int n_head_kv, int head_dim, int n_rot,
     int neox, float freq_base, float freq_scale, const int *pos, float *q,
     size_t ldq, const float *k, size_t ldk, const float *v, size_t ldv,
     const float *bq, const float *bk, const float *bv,
-    uint16_t *const *k_cache, uint16_t *const *v_cache, size_t layer_off,
+    uint16_t *const *k_cache, uint16_t *const *v_cache, uint16_t *k_pool,
+    uint16_t *v_pool, int bt_shift, size_t bstride, size_t layer_off,
     int n_ctx, void *stream)
 {
 	rope_args a;
@@ -145,6 +158,43 @@ cuda_rope_kv(int n_tok, int n_head, int n_head_kv, int head_dim, int n_rot,
 	a.v_cache = v_cache;
 	a.layer_off = layer_off;
 	a.n_ctx = n_ctx;
+	a.k_pool = k_pool;
+	a.v_pool = v_pool;
+	a.bt_shift = bt_shift;
+	a.bstride = bstride;
 	rope_kernel<<<n_tok, ROPE_THREADS, 0, cuda_ops_stream(stream)>>>(a);
 	return cuda_ops_launched();
+}
+
+extern "C" int
+cuda_rope_kv(int n_tok, int n_head, int n_head_kv, int head_dim, int n_rot,
+    int neox, float freq_base, float freq_scale, const int *pos, float *q,
+    size_t ldq, const float *k, size_t ldk, const float *v, size_t ldv,
+    const float *bq, const float *bk, const float *bv,
+    uint16_t *const *k_cache, uint16_t *const *v_cache, size_t layer_off,
+    int n_ctx, void *stream)
+{
+	return rope_impl(n_tok, n_head, n_head_kv, head_dim, n_rot, neox, freq_base,
+	    freq_scale, pos, q, ldq, k, ldk, v, ldv, bq, bk, bv, k_cache, v_cache, NULL,
+	    NULL, 0, 0, layer_off, n_ctx, stream);
+}
+
+extern "C" int
+cuda_rope_kv_paged(int n_tok, int n_head, int n_head_kv, int head_dim, int n_rot,
+    int neox, float freq_base, float freq_scale, const int *pos, float *q,
+    size_t ldq, const float *k, size_t ldk, const float *v, size_t ldv,
+    const float *bq, const float *bk, const float *bv,
+    const int32_t *const *tables, uint16_t *k_pool, uint16_t *v_pool,
+    int block_tokens, size_t block_elems, size_t layer_off, int n_ctx, void *stream)
+{
+	int shift = 0;
+
+	CUDA_OPS_CHECK(tables != NULL && k_pool != NULL && v_pool != NULL);
+	CUDA_OPS_CHECK(block_tokens > 0 && (block_tokens & (block_tokens - 1)) == 0);
+	while ((1 << shift) < block_tokens)
+		shift++;
+	return rope_impl(n_tok, n_head, n_head_kv, head_dim, n_rot, neox, freq_base,
+	    freq_scale, pos, q, ldq, k, ldk, v, ldv, bq, bk, bv,
+	    (uint16_t *const *)tables, (uint16_t *const *)tables, k_pool, v_pool, shift,
+	    block_elems, layer_off, n_ctx, stream);
 }

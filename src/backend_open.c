@@ -1,6 +1,7 @@
 /* Backend selection (see backend_open.h). */
 #include <errno.h>
 #include <sched.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 
@@ -66,6 +67,10 @@ backend_open(const struct model *m, const struct backend_open_opts *o, struct cq
 	}
 	if (strcmp(name, "cuda") == 0) {
 #ifdef ORCD_HAVE_CUDA
+		/* ORCD_CUDA_KV_PAGED=1 turns the paged pool on for every caller
+		 * (tests and benchmarks run both layouts with it) */
+		const char *pg = getenv("ORCD_CUDA_KV_PAGED");
+		int paged = o->cuda_kv_paged || (pg != NULL && strcmp(pg, "1") == 0);
 		struct backend_cuda_opts co = {
 			.device = 0,
 			.n_seqs = o->n_seqs,
@@ -74,6 +79,9 @@ backend_open(const struct model *m, const struct backend_open_opts *o, struct cq
 			.soft_limit = o->vram_soft_limit,
 			.hard_limit = o->vram_hard_limit,
 			.graphs = o->cuda_graphs,
+			.kv_block_tokens = paged ?
+			    (o->kv_block_tokens > 0 ? o->kv_block_tokens : 32) : 0,
+			.kv_bytes = paged ? o->kv_bytes : 0,
 		};
 
 		return backend_cuda_new(m, &co, cq, out, err);

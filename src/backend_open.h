@@ -20,7 +20,8 @@ struct backend_open_opts {
 	uint64_t vram_soft_limit, vram_hard_limit;
 	int cuda_graphs;           /* CUDA: 1 (default) small steps as graphs */
 	uint64_t kv_bytes;         /* CPU: KV pool bytes, 0 = default */
-	int kv_block_tokens;       /* CPU: positions per KV block, 0 = default */
+	int kv_block_tokens;       /* positions per KV block, 0 = default */
+	int cuda_kv_paged;         /* CUDA: 1 = a paged KV pool, 0 = a slot per sequence */
 };
 
 void backend_open_opts_init(struct backend_open_opts *o);

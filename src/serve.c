@@ -458,6 +458,7 @@ load_run(struct load_job *j)
 		bo.cuda_graphs = o->cfg.cuda_graphs;
 		bo.kv_bytes = (uint64_t)o->cfg.kv_memory;
 		bo.kv_block_tokens = o->cfg.kv_block_tokens;
+		bo.cuda_kv_paged = o->cfg.cuda_kv_paged;
 		j->status = backend_open(j->model, &bo, o->cq, &j->backend, &j->err);
 		j->t_backend = orcd_now() - t0;
 		/* the seal: over the bytes the backend holds, before anything is served */

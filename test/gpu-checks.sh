@@ -59,6 +59,12 @@ export ORCD_BIN="$bin/orcd" ORCD_TEST_BACKEND=cuda
 check seal_cuda "$bin/test_seal"
 check memory_cuda "$bin/test_memory"
 check serve_cuda "$bin/test_serve"
+# the same over the paged KV pool (blocks of 32 positions, block tables)
+export ORCD_CUDA_KV_PAGED=1
+check golden_cuda_paged env ORCD_TEST_BACKEND=cuda "$bin/test_golden"
+check cuda_backend_paged "$bin/test_cuda_backend"
+check memory_cuda_paged "$bin/test_memory"
+unset ORCD_CUDA_KV_PAGED
 unset ORCD_TEST_BACKEND
 grep -h "mixed requests\|after 1000\|flip\|sealed" "$out/memory_cuda.log" "$out/seal_cuda.log" | head -n 8
 grep -h "passed\|failed\|mismatch" "$out"/*.log | tail -n 8

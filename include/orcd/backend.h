@@ -148,6 +148,10 @@ struct backend_cuda_opts {
 	int max_step_tokens;
 	uint64_t soft_limit, hard_limit;   /* VRAM bytes, 0 = none */
 	int graphs;               /* 1: small steps run as CUDA graphs */
+	int kv_block_tokens;      /* > 0: paged KV in blocks of this many
+	                           * positions (a power of two); 0: a slot of
+	                           * n_ctx positions per sequence */
+	uint64_t kv_bytes;        /* paged: the pool (0: n_seqs x n_ctx) */
 };
 
 /* The CUDA backend (cuda/backend_cuda.cu).  Without a CUDA build these are

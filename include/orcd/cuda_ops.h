@@ -134,6 +134,28 @@ int cuda_attention(int n_tok, int n_head, int n_head_kv, int head_dim,
     size_t layer_off, int n_ctx, int max_len, int split_len, void *workspace,
     size_t workspace_bytes, float *out, size_t ldo, void *stream);
 
+/*
+ * The same over a paged cache: one pool of blocks for K and one for V,
+ * each block [n_layer][block_tokens][n_head_kv * head_dim] f16
+ * (block_elems elements; block_tokens a power of two); tables[t] is token
+ * t's sequence's block table (device int32, block ids in position order),
+ * position p of layer l at pool + tables[t][p / block_tokens] *
+ * block_elems + layer_off + (p % block_tokens) * kv_dim, with layer_off =
+ * l * block_tokens * kv_dim.  n_ctx bounds the positions as before.
+ */
+int cuda_rope_kv_paged(int n_tok, int n_head, int n_head_kv, int head_dim,
+    int n_rot, int neox, float freq_base, float freq_scale, const int *pos,
+    float *q, size_t ldq, const float *k, size_t ldk, const float *v,
+    size_t ldv, const float *bq, const float *bk, const float *bv,
+    const int32_t *const *tables, uint16_t *k_pool, uint16_t *v_pool,
+    int block_tokens, size_t block_elems, size_t layer_off, int n_ctx,
+    void *stream);
+int cuda_attention_paged(int n_tok, int n_head, int n_head_kv, int head_dim,
+    const int *pos, const float *q, size_t ldq, const int32_t *const *tables,
+    const uint16_t *k_pool, const uint16_t *v_pool, int block_tokens,
+    size_t block_elems, size_t layer_off, int n_ctx, int max_len, int split_len,
+    void *workspace, size_t workspace_bytes, float *out, size_t ldo, void *stream);
+
 /* y[i] = a[i] + b[i]; y may be a or b. */
 int cuda_add(float *y, const float *a, const float *b, size_t n,
     void *stream);
