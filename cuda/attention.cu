@@ -446,7 +446,9 @@ attention_impl(int n_tok, int n_head, int n_head_kv, int head_dim,
 		    sizeof(float);
 		cudaError_t e;
 
-		if (smem > 48 * 1024 && (e = cudaFuncSetAttribute(att_single,
+		/* the 48 KB default covers static and dynamic shared memory
+		 * together: opt in beyond it */
+		if (smem + ATT_SINGLE_STATIC > 48 * 1024 && (e = cudaFuncSetAttribute(att_single,
 		    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)) !=
 		    cudaSuccess)
 			return (int)e;

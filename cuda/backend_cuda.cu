@@ -639,7 +639,11 @@ forward(struct cuda_backend *cb, int n_tok, int n_out, int max_len)
 	int rc;
 
 #define R(x) do { if ((rc = (x)) != 0) return rc; } while (0)
-#define P(label, x) do { R(x); prof_mark(cb, label); } while (0)
+#define P(label, x) do { if ((rc = (x)) != 0) { \
+		log_error("cuda: %s (%d tokens, context %d) failed: %s", label, n_tok, \
+		    max_len, cudaGetErrorString((cudaError_t)rc)); \
+		return rc; } \
+	prof_mark(cb, label); } while (0)
 	if (cb->prof.on && cb->prof.n == 0)
 		cudaEventRecord(cb->prof.ev[0], s);
 	P("embed", cuda_embed(cb->tok_embd.type, cb->tok_embd.d, cb->tok_embd.row_bytes, hp->n_vocab, E,

@@ -27,6 +27,7 @@ if [ "${1:-}" = "--bundle" ]; then
 	done
 	cp ../shared/models/golden.jsonl "$d/models/"
 	cp "$0" bench/gpu-compare.sh bench/gpu-serve-compare.sh bench/sched-bench.sh "$d/"
+	mkdir -p "$d/contrib" && cp contrib/seal-ref.py "$d/contrib/"   # test_seal runs it
 	exit 0
 fi
 here=$(cd "$(dirname "$0")" && pwd)

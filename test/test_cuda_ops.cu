@@ -521,7 +521,9 @@ test_matmul(void)
 		test_matmul_shape(wt, { 130, 160, { 2, 65 } }, 6, 4, 1);
 		/* k longer than one GEMV activation chunk for 8 tokens; for
 		 * one or two tokens, 8 or 4 warps share each row */
-		test_matmul_shape(wt, { 64, 8192, { 8, 1, 5, 2 } }, 0, 0, 0);
+		test_matmul_shape(wt, { 64, 8192, { 8, 1, 5, 2, 16, 32 } }, 0, 0, 0);
+		/* batched decode: 9 .. 32 tokens take the GEMV with 16 or 32 */
+		test_matmul_shape(wt, { 896, 896, { 12, 16, 24, 32 } }, 0, 0, 0);
 	}
 	for (int wt : kq) {
 		test_matmul_shape(wt, { 896, 4864, { 1, 2, 3, 5, 8, 9, 64, 300 } },
@@ -531,6 +533,7 @@ test_matmul(void)
 		test_matmul_shape(wt, { 1, 256, { 1, 9 } }, 0, 0, 0);
 		test_matmul_shape(wt, { 130, 512, { 2, 65 } }, 6, 8, 1);
 		test_matmul_shape(wt, { 16, 4096, { 1, 3, 8 } }, 2, 4, 5);
+		test_matmul_shape(wt, { 896, 4864, { 12, 16, 24, 32 } }, 0, 0, 0);
 	}
 	for (int wt : fl) {
 		const int ap = wt == ORCD_DTYPE_F32 ? 4 : 2;
@@ -542,7 +545,7 @@ test_matmul(void)
 		test_matmul_shape(wt, { 1, 1, { 1, 9 } }, 0, 0, 0);
 		test_matmul_shape(wt, { 130, 135, { 2, 65 } }, 6, 2 * ap, 1);
 		/* several GEMV activation chunks */
-		test_matmul_shape(wt, { 64, 20000, { 1, 8 } }, 0, 0, 0);
+		test_matmul_shape(wt, { 64, 20000, { 1, 8, 16, 32 } }, 0, 0, 0);
 	}
 	/* Qwen2.5-0.5B's output layer (tied Q8_0 embeddings) */
 	test_matmul_shape(ORCD_DTYPE_Q8_0, { 151936, 896, { 1, 3 } }, 0, 0, 0);
