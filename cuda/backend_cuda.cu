@@ -977,9 +977,20 @@ run_step(struct cuda_backend *cb, struct cuda_job *j)
 	if (cb->graphs && n <= GRAPH_MAX_TOKENS) {
 		cudaGraphExec_t ge = graph_for(cb, n, n_out, max_len, want, &rc);
 
-		if (ge == NULL || (rc = cudaGraphLaunch(ge, cb->stream)) != 0)
+		if (ge == NULL) {
+			/* a shape that cannot be captured runs eagerly (the same
+			 * kernels; a failing op then names itself) */
+			cudaGetLastError();
+			log_warn("cuda: no CUDA graph for %d tokens, context %d (%s); running "
+			    "the step's kernels one by one", n, max_len,
+			    cudaGetErrorString((cudaError_t)rc));
+			if ((rc = enqueue_body(cb, n, n_out, max_len, want)) != 0)
+				goto cuda_error;
+		} else if ((rc = cudaGraphLaunch(ge, cb->stream)) != 0) {
 			goto cuda_error;
-		cb->graph_launches++;
+		} else {
+			cb->graph_launches++;
+		}
 	} else if ((rc = enqueue_body(cb, n, n_out, max_len, want)) != 0) {
 		goto cuda_error;
 	} else {
