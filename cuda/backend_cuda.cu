@@ -124,6 +124,7 @@ struct cuda_backend {
 
 	/* CUDA graphs of small steps (decode), by shape */
 	bool graphs;
+	unsigned long graph_fallbacks;   /* steps run eagerly: no graph */
 	struct graph_entry {
 		int n, n_out, len;
 		bool want_logits;
@@ -981,9 +982,10 @@ run_step(struct cuda_backend *cb, struct cuda_job *j)
 			/* a shape that cannot be captured runs eagerly (the same
 			 * kernels; a failing op then names itself) */
 			cudaGetLastError();
-			log_warn("cuda: no CUDA graph for %d tokens, context %d (%s); running "
-			    "the step's kernels one by one", n, max_len,
-			    cudaGetErrorString((cudaError_t)rc));
+			if (cb->graph_fallbacks++ < 5)
+				log_warn("cuda: no CUDA graph for %d tokens, context %d (%s); "
+				    "running the step's kernels one by one", n, max_len,
+				    cudaGetErrorString((cudaError_t)rc));
 			if ((rc = enqueue_body(cb, n, n_out, max_len, want)) != 0)
 				goto cuda_error;
 		} else if ((rc = cudaGraphLaunch(ge, cb->stream)) != 0) {
