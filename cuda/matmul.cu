@@ -20,6 +20,8 @@
  *   is a shared-memory broadcast decoded once per warp for 32 tokens, and
  *   the weights are read from memory once per 64 tokens.
  */
+#include <stdlib.h>
+
 #include "orcd/cuda_ops.h"
 #include "matmul.cuh"
 
@@ -690,6 +692,20 @@ gemv_launch(cuda_mm_args a, cudaStream_t s)
 	return cuda_ops_launched();
 }
 
+/* The most tokens a GEMV takes (ORCD_CUDA_GEMV_TOKENS, 8 or 32). */
+int
+mm_gemv_tokens(void)
+{
+	static int n = -1;
+
+	if (n < 0) {
+		const char *e = getenv("ORCD_CUDA_GEMV_TOKENS");
+
+		n = e != NULL && atoi(e) >= 32 ? 32 : 8;
+	}
+	return n;
+}
+
 template <int WT>
 int
 mm_launch(cuda_mm_args a, cudaStream_t s)
@@ -704,6 +720,12 @@ mm_launch(cuda_mm_args a, cudaStream_t s)
 		return gemv_launch<WT, 4>(a, s);
 	if (a.n_tok <= 8)
 		return gemv_launch<WT, 8>(a, s);
+	/* batched decode of 9 .. 32 streams through the GEMV (one pass over
+	 * the weights per row, activations staged in k chunks) instead of the
+	 * tile kernel, which the device profile shows 5x slower there: not
+	 * yet validated on a GPU, so only with ORCD_CUDA_GEMV_TOKENS=32 */
+	if (a.n_tok <= 32 && mm_gemv_tokens() >= a.n_tok)
+		return a.n_tok <= 16 ? gemv_launch<WT, 16>(a, s) : gemv_launch<WT, 32>(a, s);
 
 	const dim3 grid((a.n_rows + TILE_ROWS - 1) / TILE_ROWS,
 	    (a.n_tok + TILE_TOKS - 1) / TILE_TOKS);

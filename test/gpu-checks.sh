@@ -66,6 +66,9 @@ check golden_cuda_paged env ORCD_TEST_BACKEND=cuda "$bin/test_golden"
 check cuda_backend_paged "$bin/test_cuda_backend"
 check memory_cuda_paged "$bin/test_memory"
 unset ORCD_CUDA_KV_PAGED
+# the GEMV for 9..32-token batches (off by default until this passes)
+ORCD_CUDA_GEMV_TOKENS=32 check cuda_ops_gemv32 "$bin/test_cuda_ops"
+ORCD_CUDA_GEMV_TOKENS=32 check cuda_backend_gemv32 "$bin/test_cuda_backend"
 unset ORCD_TEST_BACKEND
 grep -h "mixed requests\|after 1000\|flip\|sealed" "$out/memory_cuda.log" "$out/seal_cuda.log" | head -n 8
 grep -h "passed\|failed\|mismatch" "$out"/*.log | tail -n 8
@@ -91,6 +94,11 @@ for mix in q4_k_m f16; do
 	     if (!bad) printf "%s: CPU and GPU agree on all %d greedy tokens\n", mix, n}' \
 	    "$out/greedy-cpu-$mix.txt" "$out/greedy-cuda-$mix.txt" | tee -a "$out/greedy.txt"
 	tail -n 1 "$out/greedy-cuda-$mix.err"
+done
+for gv in 8 32; do
+	printf "batch-32 decode, GEMV up to %s tokens: " $gv
+	ORCD_CUDA_GEMV_TOKENS=$gv "$bin/orcd-bench" -m /tmp/qwen05-q4_k_m.gguf --backend cuda \
+	    -B 32 -p 16 -n 64 -r 2 2>&1 | grep "tg64x32"
 done
 # served end to end on the GPU: 32 concurrent SSE streams, /health probed
 m=/tmp/qwen05-q4_k_m.gguf
