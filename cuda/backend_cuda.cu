@@ -1397,6 +1397,8 @@ static const struct backend_ops cuda_ops = {
 	cuda_mem,
 	cuda_weights_digest,
 	cuda_debug_flip,
+	NULL,         /* seq_attach_prefix: no prefix reuse on the GPU yet */
+	NULL,
 };
 
 /* ------------------------------------------------------------ create */

@@ -46,6 +46,7 @@ struct conf {
 	long kv_memory;              /* KV pool bytes (CPU), 0 = default */
 	int kv_block_tokens;         /* positions per KV block */
 	int cuda_kv_paged;           /* CUDA: paged KV pool instead of slots */
+	int prefix_cache;            /* reuse KV of shared prompt prefixes */
 	long mem_soft_limit;         /* tracked bytes: above, admission pauses */
 	long mem_hard_limit;         /* tracked bytes: above, newest aborted */
 	double mem_snapshot_interval_s; /* memory snapshot log period, 0 = off */

@@ -59,6 +59,8 @@ orcd_metrics_init(struct orcd *o)
 	m->deadline_aborts = metrics_counter(r, "orcd_deadline_aborts_total",
 	    "requests ended by their deadline (before or during generation)", NULL);
 	m->prompt_tokens = metrics_counter(r, "orcd_prompt_tokens_total", "prompt tokens processed", NULL);
+	m->prompt_reused = metrics_counter(r, "orcd_prompt_tokens_reused_total",
+	    "prompt tokens whose KV came from the prefix cache (no prefill)", NULL);
 	m->gen_tokens = metrics_counter(r, "orcd_generated_tokens_total", "tokens generated", NULL);
 	m->active = metrics_gauge(r, "orcd_active_requests", "requests in prefill or decode", NULL);
 	m->queued = metrics_gauge(r, "orcd_queued_requests", "admitted requests waiting for a slot", NULL);

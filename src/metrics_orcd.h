@@ -30,6 +30,7 @@ struct orcd_metrics {
 	struct metric_counter *requests[OUTCOME_COUNT];
 	struct metric_counter *deadline_aborts;
 	struct metric_counter *prompt_tokens;
+	struct metric_counter *prompt_reused;
 	struct metric_counter *gen_tokens;
 	struct metric_gauge *active;
 	struct metric_gauge *queued;

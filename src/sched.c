@@ -364,6 +364,18 @@ admit(struct sched *s)
 		s->n_active++;
 		r->kv_commit = need;
 		s->committed += need;
+		if (s->o->cfg.prefix_cache && b->ops->seq_attach_prefix != NULL) {
+			/* the last prompt token is always computed: its logits
+			 * give the first token */
+			int got = b->ops->seq_attach_prefix(b, r->seq, r->prompt, r->n_prompt - 1);
+
+			if (got > 0) {
+				r->n_past = got;
+				metric_counter_add(s->o->m->prompt_reused, (uint64_t)got);
+				log_msg(LOG_DEBUG, r->corr, "%d of %d prompt tokens from the prefix "
+				    "cache", got, r->n_prompt);
+			}
+		}
 		req_set_state(r, REQ_PREFILL);
 	}
 	update_gauges(s);
@@ -449,8 +461,14 @@ plan_step(struct sched *s)
 	struct req *r, *next;
 	struct orcd_err err;
 
-	TAILQ_FOREACH(r, &s->active, link)
+	TAILQ_FOREACH(r, &s->active, link) {
 		r->plan = 0;
+		/* prompt blocks the engine has filled become reusable */
+		if (o->cfg.prefix_cache && b->ops->seq_publish != NULL && r->n_past > 0 &&
+		    !r->in_step)
+			b->ops->seq_publish(b, r->seq, r->prompt,
+			    r->n_past < r->n_prompt ? r->n_past : r->n_prompt);
+	}
 	for (int pass = 0; pass < 2; pass++) {
 		enum req_state want = pass == 0 ? REQ_DECODE : REQ_PREFILL;
 

@@ -399,12 +399,97 @@ test_hard_limit(void **state)
 	assert_int_equal(test_server_stop(&s), 0);
 }
 
+/* The token events of an SSE response (index and text), joined. */
+static void
+token_lines(const char *resp, char *out, size_t cap)
+{
+	size_t n = 0;
+
+	out[0] = '\0';
+	for (const char *p = resp; (p = strstr(p, "data: {\"index\":")) != NULL;) {
+		const char *e = strchr(p, '\n');
+		size_t len = e ? (size_t)(e - p) : strlen(p);
+
+		if (n + len + 2 < cap) {
+			memcpy(out + n, p, len);
+			n += len;
+			out[n++] = '\n';
+			out[n] = '\0';
+		}
+		p += len;
+	}
+}
+
+/* Prefix reuse: a second request with the same long prompt takes its KV
+ * blocks from the cache, a third with a longer prompt shares the common
+ * blocks, and the tokens are those of a server with the cache off. */
+static void
+test_prefix_cache(void **state)
+{
+	struct test_server s;
+	static char resp[1 << 18], t1[1 << 16], t2[1 << 16], t3[1 << 16], t4[1 << 16];
+	static char body[8192], body2[8192];
+	int n = 0, n2;
+
+	if (!cpu_backend())
+		skip();
+	n = snprintf(body, sizeof(body), "{\"prompt\":\"Once upon a time");
+	for (int i = 0; i < 60; i++)
+		n += snprintf(body + n, sizeof(body) - (size_t)n, " there was a little cat");
+	memcpy(body2, body, (size_t)n);
+	n2 = n + snprintf(body2 + n, sizeof(body2) - (size_t)n, " and a dog");
+	snprintf(body + n, sizeof(body) - (size_t)n,
+	    "\",\"params\":{\"max_tokens\":16,\"temperature\":0,\"ignore_eos\":true}}");
+	snprintf(body2 + n2, sizeof(body2) - (size_t)n2,
+	    "\",\"params\":{\"max_tokens\":16,\"temperature\":0,\"ignore_eos\":true}}");
+
+	test_server_start(&s, "prefix", "--compute-nice", "0", NULL);
+	assert_int_equal(test_http_post(s.port, "/execute", body, NULL, resp, sizeof(resp)), 200);
+	token_lines(resp, t1, sizeof(t1));
+	uint64_t r0 = test_metric_value(s.port, "orcd_prompt_tokens_reused_total ");
+	uint64_t p0 = test_metric_value(s.port, "orcd_prompt_tokens_total ");
+	assert_int_equal(test_http_post(s.port, "/execute", body, NULL, resp, sizeof(resp)), 200);
+	token_lines(resp, t2, sizeof(t2));
+	uint64_t r1 = test_metric_value(s.port, "orcd_prompt_tokens_reused_total ");
+	uint64_t p1 = test_metric_value(s.port, "orcd_prompt_tokens_total ");
+	assert_int_equal(test_http_post(s.port, "/execute", body2, NULL, resp, sizeof(resp)), 200);
+	token_lines(resp, t4, sizeof(t4));
+	uint64_t r2 = test_metric_value(s.port, "orcd_prompt_tokens_reused_total ");
+	print_message("prefix cache: first request %llu prompt tokens computed, the same "
+	    "prompt again %llu computed and %llu reused, a longer one %llu reused\n",
+	    (unsigned long long)p0, (unsigned long long)(p1 - p0),
+	    (unsigned long long)(r1 - r0), (unsigned long long)(r2 - r1));
+	assert_int_equal(r0, 0);
+	assert_true(r1 - r0 >= 32);            /* whole blocks of 32 */
+	assert_true((r1 - r0) % 32 == 0);
+	assert_true(p1 - p0 < p0);             /* less prefill the second time */
+	assert_true(r2 - r1 >= r1 - r0);       /* the longer prompt shares them all */
+	assert_true(t1[0] != '\0');
+	assert_string_equal(t1, t2);
+	wait_drained(s.port);
+	assert_baseline(s.port, "after the prefix-cache test");
+	assert_int_equal(test_server_stop(&s), 0);
+
+	/* the same tokens with the cache off */
+	test_server_start(&s, "noprefix", "--compute-nice", "0", "--prefix-cache", "0", NULL);
+	assert_int_equal(test_http_post(s.port, "/execute", body, NULL, resp, sizeof(resp)), 200);
+	token_lines(resp, t3, sizeof(t3));
+	assert_string_equal(t1, t3);
+	assert_int_equal(test_http_post(s.port, "/execute", body, NULL, resp, sizeof(resp)), 200);
+	assert_int_equal(test_metric_value(s.port, "orcd_prompt_tokens_reused_total "), 0);
+	assert_int_equal(test_http_post(s.port, "/execute", body2, NULL, resp, sizeof(resp)), 200);
+	token_lines(resp, t3, sizeof(t3));
+	assert_string_equal(t4, t3);
+	assert_int_equal(test_server_stop(&s), 0);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_soft_limit),
 		cmocka_unit_test(test_hard_limit),
+		cmocka_unit_test(test_prefix_cache),
 		cmocka_unit_test(test_thousand_mixed),
 	};
 	int rc = test_server_init(false);

@@ -100,6 +100,15 @@ struct backend_ops {
 	 * backend's copy of the byte at chunk_host (a host pointer into the
 	 * tensor data, as above).  NULL: not supported. */
 	int (*debug_flip)(struct backend *b, const void *chunk_host, struct orcd_err *err);
+	/* Prefix reuse (the loop thread; s new and idle): attaches cached KV
+	 * for the longest whole-block prefix of tokens[0, n) and returns the
+	 * positions it covers, which need no prefill.  NULL: no reuse. */
+	int (*seq_attach_prefix)(struct backend *b, struct backend_seq *s,
+	    const int32_t *tokens, int n);
+	/* Makes the whole blocks of s within prompt positions [0, n_done)
+	 * reusable by later sequences (the loop thread; s idle). */
+	void (*seq_publish)(struct backend *b, struct backend_seq *s, const int32_t *tokens,
+	    int n_done);
 };
 
 struct backend {

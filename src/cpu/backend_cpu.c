@@ -206,6 +206,18 @@ cpu_seq_reserve(struct backend *b, struct backend_seq *s, int n_pos, struct orcd
 	return cpu_kv_reserve(&s->kv, n_pos, err);
 }
 
+static int
+cpu_seq_attach_prefix(struct backend *b, struct backend_seq *s, const int32_t *tokens, int n)
+{
+	return cpu_kv_attach_prefix(&s->kv, tokens, n);
+}
+
+static void
+cpu_seq_publish(struct backend *b, struct backend_seq *s, const int32_t *tokens, int n_done)
+{
+	cpu_kv_publish(&s->kv, tokens, n_done);
+}
+
 static uint64_t
 cpu_seq_bytes(struct backend *b, int n_ctx)
 {
@@ -431,6 +443,8 @@ static const struct backend_ops cpu_ops = {
 	.mem = cpu_mem,
 	.weights_digest = cpu_weights_digest,
 	.debug_flip = cpu_debug_flip,
+	.seq_attach_prefix = cpu_seq_attach_prefix,
+	.seq_publish = cpu_seq_publish,
 };
 
 /* Default pool: n_seqs sequences of n_ctx positions, at most a quarter of

@@ -76,6 +76,194 @@ cpu_kv_block_bytes(const struct model *m, int block_tokens)
 	return cpu_kv_bytes(m, block_tokens);
 }
 
+static void
+pool_arrays_free(struct cpu_kv_pool *p)
+{
+	free(p->free_ids);
+	free(p->ref);
+	free(p->hash);
+	free(p->tokens);
+	free(p->lru_prev);
+	free(p->lru_next);
+	free(p->map);
+	free(p);
+}
+
+/* ---- the prefix cache (loop thread) */
+
+static uint64_t
+chain_hash(uint64_t prev, const int32_t *t, int n)
+{
+	uint64_t h = prev ^ 0x9e3779b97f4a7c15ull;
+
+	for (int i = 0; i < n; i++) {
+		h ^= (uint32_t)t[i];
+		h *= 0x100000001b3ull;
+		h ^= h >> 29;
+	}
+	return h == 0 ? 1 : h;   /* 0 marks "not published" */
+}
+
+static void
+lru_remove(struct cpu_kv_pool *p, int b)
+{
+	int pr = p->lru_prev[b], nx = p->lru_next[b];
+
+	if (pr >= 0)
+		p->lru_next[pr] = nx;
+	else
+		p->lru_head = nx;
+	if (nx >= 0)
+		p->lru_prev[nx] = pr;
+	else
+		p->lru_tail = pr;
+	p->n_cached--;
+}
+
+static void
+lru_push(struct cpu_kv_pool *p, int b)
+{
+	p->lru_prev[b] = p->lru_tail;
+	p->lru_next[b] = -1;
+	if (p->lru_tail >= 0)
+		p->lru_next[p->lru_tail] = b;
+	else
+		p->lru_head = b;
+	p->lru_tail = b;
+	p->n_cached++;
+}
+
+static int
+map_find(const struct cpu_kv_pool *p, uint64_t h, const int32_t *t)
+{
+	for (uint32_t i = (uint32_t)h & (uint32_t)(p->map_cap - 1);; i = (i + 1) & (uint32_t)(p->map_cap - 1)) {
+		int b = p->map[i];
+
+		if (b < 0)
+			return -1;
+		if (p->hash[b] == h && memcmp(p->tokens + (size_t)b * p->block_tokens, t,
+		    (size_t)p->block_tokens * sizeof(int32_t)) == 0)
+			return b;
+	}
+}
+
+static void
+map_insert(struct cpu_kv_pool *p, int b)
+{
+	uint32_t i = (uint32_t)p->hash[b] & (uint32_t)(p->map_cap - 1);
+
+	while (p->map[i] >= 0)
+		i = (i + 1) & (uint32_t)(p->map_cap - 1);
+	p->map[i] = b;
+}
+
+/* Removes block b from the map (backward-shift deletion keeps probe
+ * chains intact) and marks it unpublished. */
+static void
+map_erase(struct cpu_kv_pool *p, int b)
+{
+	uint32_t mask = (uint32_t)(p->map_cap - 1), i = (uint32_t)p->hash[b] & mask, j;
+
+	while (p->map[i] != b)
+		i = (i + 1) & mask;
+	p->map[i] = -1;
+	for (j = (i + 1) & mask; p->map[j] >= 0; j = (j + 1) & mask) {
+		int c = p->map[j];
+		uint32_t home = (uint32_t)p->hash[c] & mask;
+
+		/* c may move to the hole at i if its home is not in (i, j] */
+		if (((j - home) & mask) >= ((j - i) & mask)) {
+			p->map[i] = c;
+			p->map[j] = -1;
+			i = j;
+		}
+	}
+	p->hash[b] = 0;
+}
+
+/* A block for a sequence: a free one, else the oldest cached one. */
+static int
+pool_take(struct cpu_kv_pool *p)
+{
+	int b;
+
+	if (p->n_free > 0) {
+		b = p->free_ids[--p->n_free];
+	} else if (p->lru_head >= 0) {
+		b = p->lru_head;
+		lru_remove(p, b);
+		map_erase(p, b);
+	} else {
+		return -1;
+	}
+	p->ref[b] = 1;
+	__atomic_add_fetch(&p->n_used_atomic, 1, __ATOMIC_RELAXED);
+	return b;
+}
+
+static void
+pool_put(struct cpu_kv_pool *p, int b)
+{
+	if (--p->ref[b] > 0)
+		return;
+	__atomic_sub_fetch(&p->n_used_atomic, 1, __ATOMIC_RELAXED);
+	if (p->hash[b] != 0)
+		lru_push(p, b);      /* published: keep it for reuse */
+	else
+		p->free_ids[p->n_free++] = b;
+}
+
+int
+cpu_kv_attach_prefix(struct cpu_kv *kv, const int32_t *tokens, int n)
+{
+	struct cpu_kv_pool *p = kv->pool;
+	int bt = p->block_tokens, got = 0;
+	uint64_t h = 0;
+
+	if (kv->n_blocks != 0)
+		return 0;
+	for (int i = 0; (i + 1) * bt <= n && (i + 1) * bt <= kv->n_ctx; i++) {
+		uint64_t hi = chain_hash(h, tokens + (size_t)i * bt, bt);
+		int b = map_find(p, hi, tokens + (size_t)i * bt);
+
+		if (b < 0)
+			break;
+		if (p->ref[b]++ == 0) {
+			lru_remove(p, b);
+			__atomic_add_fetch(&p->n_used_atomic, 1, __ATOMIC_RELAXED);
+		}
+		kv->blocks[kv->n_blocks++] = b;
+		h = hi;
+		got += bt;
+	}
+	kv->n_published = kv->n_blocks;
+	kv->chain = h;
+	kv->n_used = got;
+	p->n_reused += (uint64_t)got;
+	return got;
+}
+
+void
+cpu_kv_publish(struct cpu_kv *kv, const int32_t *tokens, int n_done)
+{
+	struct cpu_kv_pool *p = kv->pool;
+	int bt = p->block_tokens;
+
+	while ((kv->n_published + 1) * bt <= n_done && kv->n_published < kv->n_blocks) {
+		int i = kv->n_published, b = kv->blocks[i];
+		uint64_t h = chain_hash(kv->chain, tokens + (size_t)i * bt, bt);
+
+		kv->chain = h;
+		kv->n_published++;
+		if (p->hash[b] != 0 || map_find(p, h, tokens + (size_t)i * bt) >= 0)
+			continue;   /* already there (this block or an equal one) */
+		p->hash[b] = h;
+		memcpy(p->tokens + (size_t)b * bt, tokens + (size_t)i * bt,
+		    (size_t)bt * sizeof(int32_t));
+		map_insert(p, b);
+	}
+}
+
 int
 cpu_kv_pool_new(const struct model *m, int n_blocks, int block_tokens,
     struct cpu_kv_pool **out, struct orcd_err *err)
@@ -90,10 +278,24 @@ cpu_kv_pool_new(const struct model *m, int n_blocks, int block_tokens,
 		return orcd_errf(err, "kv: pool of %d blocks of %d positions is empty",
 		    n_blocks, block_tokens);
 	p = calloc(1, sizeof(*p));
-	if (p == NULL || (p->free_ids = malloc((size_t)n_blocks * sizeof(int32_t))) == NULL) {
-		free(p);
+	if (p == NULL)
 		return orcd_errf(err, "kv: out of memory");
+	for (p->map_cap = 16; p->map_cap < 2 * n_blocks && p->map_cap < (1 << 30);)
+		p->map_cap *= 2;
+	p->free_ids = malloc((size_t)n_blocks * sizeof(int32_t));
+	p->ref = calloc((size_t)n_blocks, sizeof(int32_t));
+	p->hash = calloc((size_t)n_blocks, sizeof(uint64_t));
+	p->tokens = malloc((size_t)n_blocks * (size_t)block_tokens * sizeof(int32_t));
+	p->lru_prev = malloc((size_t)n_blocks * sizeof(int32_t));
+	p->lru_next = malloc((size_t)n_blocks * sizeof(int32_t));
+	p->map = malloc((size_t)p->map_cap * sizeof(int32_t));
+	if (p->free_ids == NULL || p->ref == NULL || p->hash == NULL || p->tokens == NULL ||
+	    p->lru_prev == NULL || p->lru_next == NULL || p->map == NULL) {
+		pool_arrays_free(p);
+		return orcd_errf(err, "kv: out of memory for a pool of %d blocks", n_blocks);
 	}
+	memset(p->map, 0xff, (size_t)p->map_cap * sizeof(int32_t));
+	p->lru_head = p->lru_tail = -1;
 	p->block_tokens = block_tokens;
 	p->n_blocks = n_blocks;
 	p->kv_dim = hp->n_head_kv * hp->head_dim;
@@ -106,8 +308,7 @@ cpu_kv_pool_new(const struct model *m, int n_blocks, int block_tokens,
 	map = mmap(NULL, p->map_bytes, PROT_READ | PROT_WRITE,
 	    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (map == MAP_FAILED) {
-		free(p->free_ids);
-		free(p);
+		pool_arrays_free(p);
 		return orcd_errf(err, "kv: cannot map a pool of %d blocks (%.1f MB): %s",
 		    n_blocks, (double)(2 * half) / 1e6, strerror(errno));
 	}
@@ -127,8 +328,7 @@ cpu_kv_pool_free(struct cpu_kv_pool *p)
 	if (p == NULL)
 		return;
 	munmap(p->k, p->map_bytes);
-	free(p->free_ids);
-	free(p);
+	pool_arrays_free(p);
 }
 
 int
@@ -165,11 +365,12 @@ cpu_kv_reserve(struct cpu_kv *kv, int n_pos, struct orcd_err *err)
 		    n_pos, kv->n_ctx);
 	need = (n_pos + p->block_tokens - 1) / p->block_tokens;
 	while (kv->n_blocks < need) {
-		if (p->n_free == 0)
+		int b = pool_take(p);
+
+		if (b < 0)
 			return orcd_errf(err, "kv: the pool's %d blocks are all in use",
 			    p->n_blocks);
-		kv->blocks[kv->n_blocks++] = p->free_ids[--p->n_free];
-		__atomic_add_fetch(&p->n_used_atomic, 1, __ATOMIC_RELAXED);
+		kv->blocks[kv->n_blocks++] = b;
 	}
 	return 0;
 }
@@ -179,11 +380,9 @@ cpu_kv_release(struct cpu_kv *kv)
 {
 	struct cpu_kv_pool *p = kv->pool;
 
-	if (p != NULL) {
+	if (p != NULL)
 		for (int i = kv->n_blocks - 1; i >= 0; i--)
-			p->free_ids[p->n_free++] = kv->blocks[i];
-		__atomic_sub_fetch(&p->n_used_atomic, kv->n_blocks, __ATOMIC_RELAXED);
-	}
+			pool_put(p, kv->blocks[i]);
 	free(kv->blocks);
 	memset(kv, 0, sizeof(*kv));
 }

@@ -37,6 +37,19 @@ struct cpu_kv_pool {
 	int32_t *free_ids;    /* stack of free block ids */
 	int n_free;
 	int n_used_atomic;    /* blocks held by sequences (atomic) */
+	/* Prefix reuse: a full block of prompt positions can be published
+	 * under the hash of its tokens and of every token before it; a later
+	 * sequence whose prompt starts the same way holds it too (reference
+	 * counted, read only).  Unheld published blocks stay cached, oldest
+	 * first in an LRU, until a new block is needed. */
+	int32_t *ref;         /* [n_blocks] holders */
+	uint64_t *hash;       /* [n_blocks] chain hash; 0: not published */
+	int32_t *tokens;      /* [n_blocks][block_tokens] the published tokens */
+	int32_t *lru_prev, *lru_next;   /* cached blocks, head = oldest */
+	int lru_head, lru_tail, n_cached;
+	int32_t *map;         /* open addressing: block id or -1, by hash */
+	int map_cap;          /* a power of two, >= 2 n_blocks */
+	uint64_t n_reused;    /* positions attached from the cache */
 };
 
 struct cpu_kv {
@@ -45,6 +58,8 @@ struct cpu_kv {
 	int n_used;        /* positions written so far */
 	int n_blocks;      /* blocks held: they cover n_blocks * block_tokens */
 	int32_t *blocks;   /* [ceil(n_ctx / block_tokens)] */
+	int n_published;   /* leading blocks published or attached */
+	uint64_t chain;    /* hash through block n_published - 1 */
 };
 
 struct cpu_batch {
@@ -81,6 +96,13 @@ int cpu_kv_init(struct cpu_kv_pool *p, int n_ctx, struct cpu_kv *kv,
 int cpu_kv_reserve(struct cpu_kv *kv, int n_pos, struct orcd_err *err);
 /* Gives every block back and frees the table. */
 void cpu_kv_release(struct cpu_kv *kv);
+/* Prefix reuse (the loop thread, kv idle): attaches the cached blocks that
+ * hold the longest run of whole blocks of tokens[0, n) and returns the
+ * positions they cover (0 when kv already holds blocks). */
+int cpu_kv_attach_prefix(struct cpu_kv *kv, const int32_t *tokens, int n);
+/* Publishes the whole blocks of kv within positions [0, n_done), whose
+ * tokens are tokens[0, n_done) (a prompt the engine has processed). */
+void cpu_kv_publish(struct cpu_kv *kv, const int32_t *tokens, int n_done);
 /* Bytes a cache of n_ctx positions takes for this model. */
 uint64_t cpu_kv_bytes(const struct model *m, int n_ctx);
 
