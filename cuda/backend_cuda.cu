@@ -125,6 +125,11 @@ struct cuda_backend {
 	/* CUDA graphs of small steps (decode), by shape */
 	bool graphs;
 	unsigned long graph_fallbacks;   /* steps run eagerly: no graph */
+	struct nograph {                 /* shapes that failed to capture */
+		int n, n_out, len;
+		bool want_logits;
+	} nograph[16];
+	int n_nograph;
 	struct graph_entry {
 		int n, n_out, len;
 		bool want_logits;
@@ -884,7 +889,7 @@ run_step(struct cuda_backend *cb, struct cuda_job *j)
 	struct backend_step *st = j->st;
 	int n = 0, n_out = 0, max_len = 0, rc = 0;
 	int n_vocab = cb->m->hp.n_vocab;
-	bool want;
+	bool want, eager;
 
 	st->t_start = orcd_now();
 	st->status = 0;
@@ -975,10 +980,21 @@ run_step(struct cuda_backend *cb, struct cuda_job *j)
 			goto cuda_error;
 		q->n_uploaded = q->n_blocks;
 	}
-	if (cb->graphs && n <= GRAPH_MAX_TOKENS) {
+	eager = !cb->graphs || n > GRAPH_MAX_TOKENS;
+	for (int i = 0; !eager && i < cb->n_nograph; i++)
+		eager = cb->nograph[i].n == n && cb->nograph[i].n_out == n_out &&
+		    cb->nograph[i].len == max_len && cb->nograph[i].want_logits == want;
+	if (!eager) {
 		cudaGraphExec_t ge = graph_for(cb, n, n_out, max_len, want, &rc);
 
 		if (ge == NULL) {
+			struct cuda_backend::nograph *ng =
+			    &cb->nograph[cb->n_nograph < 16 ? cb->n_nograph++ : 15];
+
+			ng->n = n;
+			ng->n_out = n_out;
+			ng->len = max_len;
+			ng->want_logits = want;
 			/* a shape that cannot be captured runs eagerly (the same
 			 * kernels; a failing op then names itself) */
 			cudaGetLastError();
@@ -1502,9 +1518,13 @@ backend_cuda_new(const struct model *m, const struct backend_cuda_opts *o, struc
 		cb->kv_bt = o->kv_block_tokens;
 		cb->block_elems = (size_t)hp->n_layer * cb->kv_bt * cb->kv_dim;
 		cb->max_blocks = (cb->slot_ctx + cb->kv_bt - 1) / cb->kv_bt;
-		cb->n_kv_blocks = o->kv_bytes > 0 ?
-		    (int)(o->kv_bytes / (2 * cb->block_elems * sizeof(uint16_t))) :
-		    cb->n_slots * cb->max_blocks;
+		{
+			uint64_t nb = o->kv_bytes > 0 ?
+			    o->kv_bytes / (2 * cb->block_elems * sizeof(uint16_t)) :
+			    (uint64_t)cb->n_slots * cb->max_blocks;
+
+			cb->n_kv_blocks = nb > INT32_MAX ? INT32_MAX : (int)nb;
+		}
 		if (cb->n_kv_blocks <= 0) {
 			orcd_errf(err, "cuda backend: kv-memory of %llu bytes is less than one "
 			    "block of %d positions (%zu bytes)", (unsigned long long)o->kv_bytes,

@@ -52,7 +52,7 @@ static const struct opt opts[] = {
 	{ "cuda-graphs", OPT_INT, OFF(cuda_graphs), 0, 1, "CUDA backend: run decode steps (up to 64 tokens) as captured CUDA graphs (1) or launch their kernels one by one (0)" },
 	{ "max-job-id-bytes", OPT_INT, OFF(max_job_id_bytes), 1, 4096, "longest accepted job_id" },
 	{ "kv-memory", OPT_BYTES, OFF(kv_memory), 0, 9.0e18, "CPU backend: bytes of the paged KV pool, suffix K/M/G/T allowed (0 = 64 x 4096 positions, at most a quarter of RAM)" },
-	{ "kv-block-tokens", OPT_INT, OFF(kv_block_tokens), 1, 4096, "positions per KV block (CUDA: a power of two)" },
+	{ "kv-block-tokens", OPT_INT, OFF(kv_block_tokens), 1, 4096, "positions per KV block (a power of two, at least 4)" },
 	{ "prefix-cache", OPT_INT, OFF(prefix_cache), 0, 1, "reuse the KV blocks of prompt prefixes earlier requests computed (1) or not (0); CPU backend" },
 	{ "cuda-kv-paged", OPT_INT, OFF(cuda_kv_paged), 0, 1, "CUDA backend: a paged KV pool of kv-memory bytes (1) or a slot of ctx-size positions per batch sequence (0)" },
 	{ "mem-soft-limit", OPT_BYTES, OFF(mem_soft_limit), 0, 9.0e18, "tracked memory above which admission pauses (new requests get 429), 0 = none" },

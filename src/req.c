@@ -319,7 +319,8 @@ st_admit(struct req *r)
 		r->fail_status = 429;
 		r->fail_code = "memory_pressure";
 		snprintf(r->fail_msg, sizeof(r->fail_msg), "tracked memory is above the "
-		    "soft limit (mem-soft-limit); admission is paused, retry later");
+		    "memory limits (mem-soft-limit, mem-hard-limit); admission is paused, "
+		    "retry later");
 		req_set_state(r, REQ_FAILED);
 		return;
 	}

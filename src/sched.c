@@ -87,8 +87,9 @@ sched_check_limits(struct sched *s)
 	if (lv != SCHED_MEM_OK && !s->over_soft) {
 		s->over_soft = true;
 		metric_counter_inc(s->o->m->mem_soft_violations);
-		log_warn("tracked memory %.1f MB is above the soft limit %.1f MB: admission "
-		    "paused", (double)m.used / 1e6, (double)s->soft_limit / 1e6);
+		log_warn("tracked memory %.1f MB is above the %s limit %.1f MB: admission "
+		    "paused", (double)m.used / 1e6, lv == SCHED_MEM_HARD ? "hard" : "soft",
+		    (double)(lv == SCHED_MEM_HARD ? s->hard_limit : s->soft_limit) / 1e6);
 	} else if (lv == SCHED_MEM_OK && s->over_soft) {
 		s->over_soft = false;
 		log_info("tracked memory %.1f MB is back under the limits: admission resumes",
@@ -182,6 +183,15 @@ sched_new(struct orcd *o, struct orcd_err *err)
 		return NULL;
 	}
 	sched_mem_read(s, &s->base);
+	if ((s->soft_limit != 0 && s->soft_limit <= s->base.used) ||
+	    (s->hard_limit != 0 && s->hard_limit <= s->base.used)) {
+		orcd_errf(err, "the memory limits (soft %" PRIu64 ", hard %" PRIu64 " bytes) "
+		    "must be above the %" PRIu64 " bytes tracked after load", s->soft_limit,
+		    s->hard_limit, s->base.used);
+		free(s->seqs);
+		free(s);
+		return NULL;
+	}
 	if (o->cfg.max_wait_ms > 0 && o->base != NULL) {
 		s->wait_ev = evtimer_new(o->base, wait_cb, s);
 		if (s->wait_ev != NULL)
@@ -352,6 +362,14 @@ admit(struct sched *s)
 			break;
 		}
 		if (b->ops->seq_new(b, r->n_ctx, &r->seq, &err) != 0) {
+			if (s->n_active == 0) {
+				/* nothing running would free anything: fail it */
+				r->fail_code = "vram_limit";
+				snprintf(r->fail_msg, sizeof(r->fail_msg), "cannot allocate the KV "
+				    "cache: %.400s", err.msg);
+				req_abort(r, REQ_ABORT_FAILED);
+				continue;
+			}
 			log_msg(LOG_WARN, r->corr, "cannot allocate the KV cache (%s); "
 			    "request stays queued", err.msg);
 			break;
@@ -524,6 +542,13 @@ hold_small_batch(struct sched *s)
 
 	if (s->wait_ev == NULL)
 		return false;
+	if (s->n_queued > 0) {
+		/* waiting requests that cannot be admitted now: an arrival
+		 * would not end the wait */
+		s->waited = false;
+		event_del(s->wait_ev);
+		return false;
+	}
 	TAILQ_FOREACH(r, &s->active, link) {
 		if (r->plan == 0 || r->abort_flags != 0)
 			continue;

@@ -474,6 +474,13 @@ backend_cpu_new_opts(const struct model *m, const struct backend_cpu_opts *o,
 	*out = NULL;
 	if (cb == NULL)
 		return orcd_errf(err, "cpu backend: out of memory");
+	if (bt < 4 || (bt & (bt - 1)) != 0) {
+		/* whole groups of 4 cache rows per block keep the score sums in
+		 * the contiguous cache's order */
+		free(cb);
+		return orcd_errf(err, "cpu backend: kv-block-tokens %d must be a power of two, "
+		    "at least 4", bt);
+	}
 	cb->block_bytes = cpu_kv_block_bytes(m, bt);
 	n_blocks = bytes / cb->block_bytes;
 	if (n_blocks == 0) {

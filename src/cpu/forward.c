@@ -19,6 +19,10 @@
 #include "cpu/quant.h"
 #include "model.h"
 
+/* Least row stride (elements) of the gathered V in attention: 272 bytes,
+ * above the 256 under which the kernels group rows differently. */
+#define VT_MIN_LD 136
+
 #define ACT_SLOTS 6       /* distinct activation types per input */
 #define MM_MAX_JOBS 3
 
@@ -466,7 +470,8 @@ engine_reserve_ctx(struct cpu_engine *e, int n_ctx, struct orcd_err *err)
 	free(e->w_vt);
 	e->w_scores = malloc(nt * (size_t)n_ctx * sizeof(float));
 	e->w_p16 = malloc(nt * (size_t)n_ctx * sizeof(uint16_t));
-	e->w_vt = malloc(nt * (size_t)n_ctx * (size_t)e->m->hp.head_dim * sizeof(uint16_t));
+	e->w_vt = malloc(nt * (size_t)(n_ctx > VT_MIN_LD ? n_ctx : VT_MIN_LD) *
+	    (size_t)e->m->hp.head_dim * sizeof(uint16_t));
 	if (e->w_scores == NULL || e->w_p16 == NULL || e->w_vt == NULL) {
 		free(e->w_scores);
 		free(e->w_p16);
@@ -815,17 +820,21 @@ att_task(void *arg, int task, int worker)
 	for (int i = 0; i < n; i++)
 		sc[i] *= inv;
 	quant_fp16_row_from_fp32(sc, p16, n);
-	/* V rows of this head gathered into [hd][n], then one product: the
-	 * same sums in the same order as a contiguous cache gives. */
+	/* V rows of this head gathered into [hd][ld], then one product: the
+	 * same sums in the same order as a contiguous cache gives.  The row
+	 * stride stays above 256 bytes, as a contiguous cache's does: the
+	 * kernels group rows (and so order their sums) by the stride. */
+	const int ld = n > VT_MIN_LD ? n : VT_MIN_LD;
+
 	for (int b0 = 0, blk = 0; b0 < n; b0 += bt, blk++) {
 		int nb = n - b0 < bt ? n - b0 : bt;
 		const uint16_t *vb = kv_v_block(kv, j->layer, blk) + (size_t)g * hd * bt;
 
 		for (int d = 0; d < hd; d++)
-			memcpy(vt + (size_t)d * n + b0, vb + (size_t)d * bt,
+			memcpy(vt + (size_t)d * ld + b0, vb + (size_t)d * bt,
 			    (size_t)nb * sizeof(uint16_t));
 	}
-	quant_matmul(ORCD_DTYPE_F16, n, vt, (size_t)n * sizeof(uint16_t), hd,
+	quant_matmul(ORCD_DTYPE_F16, n, vt, (size_t)ld * sizeof(uint16_t), hd,
 	    p16, 0, 1, out, (size_t)hd);
 }
 
