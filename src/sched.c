@@ -33,7 +33,6 @@ struct sched {
 	uint64_t committed;        /* KV bytes the active requests may grow to */
 	bool over_soft;
 	double ewma_step_s;        /* recent step time, for the wait prediction */
-	double ewma_step_tokens;
 	/* step time against step tokens, t = a + b * tokens, fitted by
 	 * exponentially weighted least squares over recent steps: it sizes
 	 * prompt chunks so a step that carries one stays within
@@ -117,7 +116,7 @@ sched_predict_start_s(const struct sched *s, int n_prompt)
 		tokens += r->n_prompt;
 	steps = tokens / (o->cfg.max_step_tokens > 0 ? o->cfg.max_step_tokens : 1);
 	/* every step also carries the running streams' tokens */
-	if (s->ewma_step_tokens > 0 && s->n_active > 0)
+	if (s->n_active > 0)
 		steps *= 1.0 + s->n_active / (double)o->cfg.max_step_tokens;
 	return (steps < 1 ? 1 : steps) * s->ewma_step_s;
 }
@@ -539,27 +538,22 @@ hold_small_batch(struct sched *s)
 	struct orcd *o = s->o;
 	struct req *r;
 	int n_decode = 0;
+	bool hold;
 
 	if (s->wait_ev == NULL)
 		return false;
-	if (s->n_queued > 0) {
-		/* waiting requests that cannot be admitted now: an arrival
-		 * would not end the wait */
-		s->waited = false;
-		event_del(s->wait_ev);
-		return false;
-	}
+	/* waiting requests that cannot be admitted now: an arrival would
+	 * not end the wait */
+	hold = s->n_queued == 0 && !s->waited;
 	TAILQ_FOREACH(r, &s->active, link) {
+		if (!hold)
+			break;
 		if (r->plan == 0 || r->abort_flags != 0)
 			continue;
-		if (r->state != REQ_DECODE) {
-			s->waited = false;
-			event_del(s->wait_ev);
-			return false;   /* a prefill: go now */
-		}
+		hold = r->state == REQ_DECODE;   /* a prefill: go now */
 		n_decode++;
 	}
-	if (n_decode == 0 || n_decode * 4 >= o->cfg.max_batch || s->waited) {
+	if (!hold || n_decode == 0 || n_decode * 4 >= o->cfg.max_batch) {
 		s->waited = false;
 		event_del(s->wait_ev);
 		return false;
@@ -652,8 +646,6 @@ sched_step_done(struct cq_item *item)
 		double dt = st->t_end - st->t_start;
 
 		s->ewma_step_s = s->ewma_step_s > 0 ? 0.8 * s->ewma_step_s + 0.2 * dt : dt;
-		s->ewma_step_tokens = s->ewma_step_tokens > 0 ?
-		    0.8 * s->ewma_step_tokens + 0.2 * st->n_tokens : st->n_tokens;
 		/* the fit: a decay of 0.98 per step remembers ~50 steps */
 		double x = st->n_tokens;
 		s->fw = 0.98 * s->fw + 1;
